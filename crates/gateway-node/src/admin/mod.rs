@@ -1,0 +1,86 @@
+//! The admin listener (SPEC section 10): health, metrics, and the management API.
+
+mod cluster;
+mod connections;
+mod health;
+mod rooms;
+
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use protocol::ErrorCode;
+
+use crate::app::App;
+use crate::error::ApiError;
+
+/// The admin router. `/metrics`, `/healthz` and `/readyz` are open; everything else needs the
+/// admin token when one is set.
+pub fn router(app: Arc<App>) -> axum::Router {
+    let protected = axum::Router::new()
+        .route(
+            "/@connections/{id}",
+            post(connections::post)
+                .get(connections::get)
+                .delete(connections::delete),
+        )
+        .route("/rooms/{room}/messages", post(rooms::publish))
+        .route("/rooms/{room}", get(rooms::get))
+        .route("/sessions", get(cluster::sessions))
+        .route("/cluster", get(cluster::cluster))
+        .route_layer(middleware::from_fn_with_state(app.clone(), require_token));
+    axum::Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
+        .merge(protected)
+        .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .with_state(app)
+}
+
+/// Compares without an early exit, so response timing does not reveal the token.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn require_token(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    let expected = &app.config.admin.token;
+    if !expected.is_empty() {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !same_secret(given.trim().as_bytes(), expected.as_bytes()) {
+            return ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                ErrorCode::Unauthorized,
+                "missing or wrong admin token",
+            )
+            .into_response();
+        }
+    }
+    next.run(req).await
+}
+
+/// Reads a body of at most `limits.max_message_bytes` (413 `too_large` over it).
+async fn read_body(app: &App, body: Body) -> Result<Bytes, ApiError> {
+    let limit = app.config.limits.max_message_bytes;
+    axum::body::to_bytes(body, limit).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::TooLarge,
+            format!("body over limits.max_message_bytes ({limit})"),
+        )
+    })
+}
+
+/// RFC 3339 with milliseconds.
+fn rfc3339(t: std::time::SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}

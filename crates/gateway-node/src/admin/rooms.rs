@@ -1,0 +1,82 @@
+//! `/rooms/{room}`: publish to a room and see its members, cluster-wide.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use protocol::{ErrorCode, RoomName};
+use room_router::RouterError;
+use serde::Deserialize;
+
+use super::connections::json_payload;
+use super::read_body;
+use crate::app::App;
+use crate::error::ApiError;
+
+fn room_name(room: &str) -> Result<RoomName, ApiError> {
+    RoomName::parse(room).map_err(|e| ApiError::bad_request(format!("invalid room name: {e}")))
+}
+
+/// `POST /rooms/{room}/messages` with `{"data": ANY}`: a `message` with `from: null`.
+pub async fn publish(
+    State(app): State<Arc<App>>,
+    Path(room): Path<String>,
+    body: Body,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let room = room_name(&room)?;
+    let body = read_body(&app, body).await?;
+    #[derive(Deserialize)]
+    struct Msg<'a> {
+        #[serde(borrow)]
+        data: Option<&'a serde_json::value::RawValue>,
+    }
+    let msg: Msg<'_> = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("body must be {{\"data\": ...}}: {e}")))?;
+    let data = msg
+        .data
+        .ok_or_else(|| ApiError::bad_request("missing field `data`"))?;
+    let data = json_payload(data.get().as_bytes())?;
+    let receipt = app
+        .router
+        .publish(&room, data, None, false)
+        .map_err(|e| match e {
+            RouterError::TooLarge { .. } => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                ErrorCode::TooLarge,
+                e.to_string(),
+            ),
+            other => ApiError::bad_request(other.to_string()),
+        })?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({ "offset": receipt.offset })),
+    ))
+}
+
+/// Query of `GET /rooms/{room}`.
+#[derive(Deserialize)]
+pub struct RoomQuery {
+    #[serde(default)]
+    members: bool,
+}
+
+/// `GET /rooms/{room}[?members=true]`.
+pub async fn get(
+    State(app): State<Arc<App>>,
+    Path(room): Path<String>,
+    Query(q): Query<RoomQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let room = room_name(&room)?;
+    let presence = app
+        .router
+        .room(&room, q.members)
+        .await
+        .map_err(|e| ApiError::unavailable(e.to_string()))?;
+    let mut body = serde_json::json!({ "room": room.as_str(), "members": presence.count });
+    if q.members {
+        body["connections"] = presence.ids.iter().map(|c| c.as_str()).collect();
+    }
+    Ok(Json(body))
+}

@@ -1,0 +1,411 @@
+//! Configuration (SPEC sections 2 and 13): one struct per TOML section, fields named as keys.
+//!
+//! Sources, later ones winning: defaults, the TOML file, `WSGATE_<SECTION>__<KEY>` environment
+//! variables, command-line flags. Unknown keys are errors (a typo must not silently fall back
+//! to a default), and [`Config::validate`] checks what serde cannot, naming the key.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+mod lists;
+mod sections;
+
+pub use sections::*;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// `[server]`: the client listener and connection lifecycle.
+    pub server: ServerConfig,
+    /// `[admin]`: the management listener.
+    pub admin: AdminConfig,
+    /// `[cluster]`: Redis and node identity.
+    pub cluster: ClusterConfig,
+    /// `[auth]`: absent means anonymous connections.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthConfig>,
+    /// `[limits]`.
+    pub limits: LimitsConfig,
+    /// `[routes]`: route selection and integrations.
+    pub routes: RoutesConfig,
+    /// `[[history]]`: retained rooms.
+    pub history: Vec<HistoryConfig>,
+    /// `[[presence]]`: presence events per room pattern.
+    pub presence: Vec<PresenceConfig>,
+    /// `[[proxy]]`: WebSocket reverse-proxy paths.
+    pub proxy: Vec<ProxyConfig>,
+    /// `[telemetry]`.
+    pub telemetry: TelemetryConfig,
+}
+
+/// Overrides from command-line flags; `None` leaves the key alone.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FlagOverrides {
+    /// `--listen`.
+    pub listen: Option<SocketAddr>,
+    /// `--admin-listen`.
+    pub admin_listen: Option<SocketAddr>,
+    /// `--redis-url`.
+    pub redis_url: Option<String>,
+    /// `--node-id`.
+    pub node_id: Option<String>,
+}
+
+impl FlagOverrides {
+    fn figment_value(&self) -> serde_json::Value {
+        let mut root = serde_json::Map::new();
+        let mut set = |section: &str, key: &str, v: serde_json::Value| {
+            root.entry(section)
+                .or_insert_with(|| serde_json::Value::Object(Default::default()))
+                .as_object_mut()
+                .map(|m| m.insert(key.to_owned(), v));
+        };
+        if let Some(l) = self.listen {
+            set("server", "listen", l.to_string().into());
+        }
+        if let Some(l) = self.admin_listen {
+            set("admin", "listen", l.to_string().into());
+        }
+        if let Some(u) = &self.redis_url {
+            set("cluster", "redis_url", u.clone().into());
+        }
+        if let Some(n) = &self.node_id {
+            set("cluster", "node_id", n.clone().into());
+        }
+        serde_json::Value::Object(root)
+    }
+}
+
+/// Why the configuration is unusable. The message names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A source could not be read or parsed, or a key is unknown or ill-typed.
+    #[error("{0}")]
+    Load(Box<figment::Error>),
+    /// A value is out of range or inconsistent.
+    #[error("invalid `{key}`: {problem}")]
+    Invalid {
+        /// The key, as `section.key`.
+        key: &'static str,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+fn invalid(key: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        problem: problem.into(),
+    }
+}
+
+/// The algorithms `[auth] algorithms` may name.
+pub const KNOWN_ALGORITHMS: &[&str] = &[
+    "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384", "EdDSA",
+];
+
+impl Config {
+    /// Loads file (if any), environment and flags, then validates.
+    pub fn load(file: Option<&Path>, flags: &FlagOverrides) -> Result<Config, ConfigError> {
+        Self::load_from_env(file, flags, Env::prefixed("WSGATE_").split("__"))
+    }
+
+    fn load_from_env(
+        file: Option<&Path>,
+        flags: &FlagOverrides,
+        env: Env,
+    ) -> Result<Config, ConfigError> {
+        let mut figment = Figment::new();
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError::Load(Box::new(figment::Error::from(format!(
+                    "config file {} does not exist",
+                    path.display()
+                )))));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        figment = figment
+            .merge(env)
+            .merge(Serialized::defaults(flags.figment_value()));
+        let config: Config = figment
+            .extract()
+            .map_err(|e| ConfigError::Load(Box::new(e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let s = &self.server;
+        if !s.path.starts_with('/') {
+            return Err(invalid("server.path", "must start with /"));
+        }
+        if s.heartbeat.is_zero() {
+            return Err(invalid("server.heartbeat", "must be greater than 0"));
+        }
+        if s.heartbeat_timeout < s.heartbeat {
+            return Err(invalid(
+                "server.heartbeat_timeout",
+                "must be at least server.heartbeat",
+            ));
+        }
+        if s.tls_cert_file.is_empty() != s.tls_key_file.is_empty() {
+            return Err(invalid(
+                "server.tls_cert_file",
+                "server.tls_cert_file and server.tls_key_file must be set together",
+            ));
+        }
+        let a = &self.admin;
+        if !a.listen.ip().is_loopback() && a.token.is_empty() && !a.insecure {
+            return Err(invalid(
+                "admin.token",
+                format!(
+                    "the admin listener {} is not loopback: set admin.token (or admin.insecure = true)",
+                    a.listen
+                ),
+            ));
+        }
+        let c = &self.cluster;
+        if c.name.is_empty()
+            || !c
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'{' && b != b'}')
+        {
+            return Err(invalid(
+                "cluster.name",
+                "must be non-empty, without spaces, braces or control characters",
+            ));
+        }
+        if c.affinity_ttl < Duration::from_secs(1) {
+            return Err(invalid("cluster.affinity_ttl", "must be at least 1s"));
+        }
+        if c.node_heartbeat.is_zero() {
+            return Err(invalid("cluster.node_heartbeat", "must be greater than 0"));
+        }
+        if let Some(auth) = &self.auth {
+            validate_auth(auth)?;
+        }
+        let l = &self.limits;
+        for (key, v) in [
+            ("limits.max_message_bytes", l.max_message_bytes),
+            ("limits.outbound_queue", l.outbound_queue),
+            ("limits.rooms_per_connection", l.rooms_per_connection),
+            ("limits.messages_per_second", l.messages_per_second as usize),
+            ("limits.messages_burst", l.messages_burst as usize),
+            ("limits.max_bad_frames", l.max_bad_frames as usize),
+        ] {
+            if v == 0 {
+                return Err(invalid(key, "must be greater than 0"));
+            }
+        }
+        for p in &self.proxy {
+            if p.auth.as_deref() == Some("jwt") && self.auth.is_none() {
+                return Err(invalid("proxy.auth", "\"jwt\" needs an [auth] table"));
+            }
+            if let Some(other) = p.auth.as_deref().filter(|a| !matches!(*a, "jwt" | "none")) {
+                return Err(invalid(
+                    "proxy.auth",
+                    format!("{other:?} is not \"jwt\" or \"none\""),
+                ));
+            }
+            if !p.path.starts_with('/') {
+                return Err(invalid("proxy.path", "must start with /"));
+            }
+            if p.upstreams.is_empty() {
+                return Err(invalid("proxy.upstreams", "needs at least one upstream"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The configuration with every secret replaced, for `check-config` and logs.
+    pub fn redacted(&self) -> Config {
+        let mut c = self.clone();
+        let hide = |s: &mut String| {
+            if !s.is_empty() {
+                *s = "<redacted>".into();
+            }
+        };
+        hide(&mut c.admin.token);
+        if let Some(auth) = &mut c.auth {
+            hide(&mut auth.jwt_secret);
+        }
+        c.cluster.redis_url = redact_url_password(&c.cluster.redis_url);
+        c
+    }
+
+    /// Whether the node runs alone (no Redis).
+    pub fn embedded(&self) -> bool {
+        self.cluster.redis_url.is_empty()
+    }
+}
+
+fn validate_auth(auth: &AuthConfig) -> Result<(), ConfigError> {
+    if auth.algorithms.is_empty() {
+        return Err(invalid(
+            "auth.algorithms",
+            "must name at least one algorithm",
+        ));
+    }
+    for alg in &auth.algorithms {
+        if !KNOWN_ALGORITHMS.contains(&alg.as_str()) {
+            return Err(invalid(
+                "auth.algorithms",
+                format!(
+                    "unknown algorithm {alg:?} (known: {})",
+                    KNOWN_ALGORITHMS.join(", ")
+                ),
+            ));
+        }
+    }
+    let has_hmac = auth.algorithms.iter().any(|a| a.starts_with("HS"));
+    let has_public = auth.algorithms.iter().any(|a| !a.starts_with("HS"));
+    let public_source = !auth.jwt_public_key_file.is_empty()
+        || !auth.jwks_file.is_empty()
+        || !auth.jwks_url.is_empty();
+    if auth.jwt_secret.is_empty() && !public_source {
+        return Err(invalid(
+            "auth.jwt_secret",
+            "[auth] needs a key source: jwt_secret, jwt_public_key_file, jwks_file or jwks_url",
+        ));
+    }
+    if has_hmac && auth.jwt_secret.is_empty() {
+        return Err(invalid(
+            "auth.jwt_secret",
+            "HS* algorithms need auth.jwt_secret",
+        ));
+    }
+    if has_public && !public_source {
+        return Err(invalid(
+            "auth.jwt_public_key_file",
+            "RS*, ES* and EdDSA algorithms need jwt_public_key_file, jwks_file or jwks_url",
+        ));
+    }
+    if auth.query_params.iter().any(|q| q.is_empty()) {
+        return Err(invalid("auth.query_params", "names must not be empty"));
+    }
+    Ok(())
+}
+
+/// `redis://user:secret@host` → `redis://user:<redacted>@host`.
+fn redact_url_password(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_owned();
+    };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url.to_owned();
+    };
+    let userinfo = &rest[..at];
+    let user = userinfo.split(':').next().unwrap_or("");
+    format!(
+        "{}://{}:<redacted>@{}",
+        &url[..scheme_end],
+        user,
+        &rest[at + 1..]
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Loads `toml` with exactly the environment `env`, in a figment jail (own cwd, own env).
+    #[allow(clippy::result_large_err)] // figment's own closure signature
+    fn load(toml: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let mut out = None;
+        figment::Jail::expect_with(|jail| {
+            jail.clear_env();
+            jail.create_file("c.toml", toml)?;
+            for (k, v) in env {
+                jail.set_env(k, v);
+            }
+            out = Some(Config::load(
+                Some(Path::new("c.toml")),
+                &FlagOverrides::default(),
+            ));
+            Ok(())
+        });
+        out.unwrap()
+    }
+
+    #[test]
+    fn defaults_match_the_spec() {
+        let c = load("", &[]).unwrap();
+        assert_eq!(c.server.listen.to_string(), "0.0.0.0:8080");
+        assert_eq!(c.admin.listen.to_string(), "127.0.0.1:9090");
+        assert_eq!(c.server.path, "/ws");
+        assert_eq!(c.server.heartbeat, Duration::from_secs(25));
+        assert_eq!(c.limits.max_message_bytes, 131_072);
+        assert_eq!(c.limits.messages_burst, 200);
+        assert!(c.auth.is_none());
+        assert!(c.embedded());
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let e = load("[server]\nlisten_port = 1\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("listen_port"), "{e}");
+        let e = load("[nope]\n", &[]).unwrap_err().to_string();
+        assert!(e.contains("nope"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let e = load("[server]\nheartbeat = \"soon\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("heartbeat"), "{e}");
+        let e = load("[limits]\noutbound_queue = 0\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("limits.outbound_queue"), "{e}");
+        let e = load("[auth]\n", &[]).unwrap_err().to_string();
+        assert!(e.contains("auth.jwt_secret"), "{e}");
+        let e = load("[admin]\nlisten = \"0.0.0.0:9090\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("admin.token"), "{e}");
+    }
+
+    #[test]
+    fn env_lists_are_comma_separated_and_env_turns_auth_on() {
+        let c = load(
+            "",
+            &[
+                ("WSGATE_AUTH__JWT_SECRET", "s3cret"),
+                ("WSGATE_AUTH__ALGORITHMS", "HS256,HS512"),
+            ],
+        )
+        .unwrap();
+        let auth = c.auth.unwrap();
+        assert_eq!(auth.algorithms, vec!["HS256", "HS512"]);
+        assert_eq!(auth.query_params, vec!["jwt", "access_token"]);
+    }
+
+    #[test]
+    fn secrets_are_redacted() {
+        let c = load(
+            "[auth]\njwt_secret = \"s3cret\"\n[admin]\ntoken = \"t0ken\"\n[cluster]\nredis_url = \"redis://u:pw@h:1/0\"\n",
+            &[],
+        )
+        .unwrap();
+        let text = toml::to_string(&c.redacted()).unwrap();
+        assert!(
+            !text.contains("s3cret") && !text.contains("t0ken") && !text.contains("pw@"),
+            "{text}"
+        );
+        assert!(text.contains("redis://u:<redacted>@h:1/0"), "{text}");
+    }
+}

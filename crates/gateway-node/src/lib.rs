@@ -1,0 +1,188 @@
+//! wsgate node: the WebSocket gateway binary's library.
+//!
+//! # Layout
+//! - [`cli`], [`config`], [`telemetry`]: what `main` reads at start.
+//! - [`app`]: the state shared by handlers and sessions.
+//! - [`server`], [`ws`]: the client listener, the handshake, the session loop, limits.
+//! - [`auth`]: token lookup and verification, room permissions.
+//! - [`admin`]: health, metrics and the management API.
+//! - [`metrics`]: metric names and registry.
+//! - [`drain`]: the SIGTERM sequence.
+//! - [`error`]: HTTP error bodies.
+//!
+//! [`run`] takes bound listeners and a shutdown token, so tests run real nodes on port 0; only
+//! `main` reads flags, environment and signals.
+
+pub mod admin;
+pub mod app;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod drain;
+pub mod error;
+pub mod metrics;
+pub mod server;
+pub mod telemetry;
+pub mod ws;
+
+use std::future::IntoFuture;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use protocol::NodeId;
+use room_router::bus::local::LocalBus;
+use room_router::bus::redis::RedisMode as BusRedisMode;
+use room_router::bus::redis::{RedisBus, RedisOptions};
+use room_router::bus::Bus;
+use room_router::{Router, RouterOptions};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::app::App;
+use crate::auth::Authenticator;
+use crate::config::{Config, RedisMode};
+use crate::metrics::Metrics;
+
+/// The two bound listeners of a node.
+pub struct Listeners {
+    /// Client WebSocket listener.
+    pub client: TcpListener,
+    /// Admin listener.
+    pub admin: TcpListener,
+}
+
+/// Refuses configuration this version cannot honour yet, rather than ignoring it silently.
+fn check_supported(config: &Config) -> anyhow::Result<()> {
+    let unsupported = [
+        (
+            !config.server.tls_cert_file.is_empty(),
+            "server.tls_cert_file (wss://)",
+        ),
+        (config.routes.any(), "[routes] integrations"),
+        (!config.history.is_empty(), "[[history]]"),
+        (
+            config.presence.iter().any(|p| p.events),
+            "[[presence]] events",
+        ),
+        (!config.proxy.is_empty(), "[[proxy]]"),
+        (
+            !config.telemetry.otlp_endpoint.is_empty(),
+            "telemetry.otlp_endpoint",
+        ),
+    ];
+    for (used, what) in unsupported {
+        if used {
+            bail!("{what} is not supported by this version of gateway-node yet");
+        }
+    }
+    Ok(())
+}
+
+/// This node's id: `cluster.node_id`, else the hostname plus a random suffix.
+fn node_id(config: &Config) -> NodeId {
+    if !config.cluster.node_id.is_empty() {
+        return NodeId::new(config.cluster.node_id.as_str());
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "wsgate".into());
+    NodeId::generate(&host)
+}
+
+/// Runs a node until `shutdown` is cancelled, then drains it and returns.
+pub async fn run(
+    config: Arc<Config>,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    check_supported(&config)?;
+    let node = node_id(&config);
+    let bus: Arc<dyn Bus> = if config.embedded() {
+        Arc::new(LocalBus::standalone(node.clone()))
+    } else {
+        let c = &config.cluster;
+        Arc::new(
+            RedisBus::connect(RedisOptions {
+                url: c.redis_url.clone(),
+                mode: match c.redis_mode {
+                    RedisMode::Standalone => BusRedisMode::Standalone,
+                    RedisMode::Cluster => BusRedisMode::Cluster,
+                    RedisMode::Sentinel => BusRedisMode::Sentinel,
+                },
+                cluster: c.name.clone(),
+                node: node.clone(),
+                affinity_ttl: c.affinity_ttl,
+                node_heartbeat: c.node_heartbeat,
+                ca_file: (!c.redis_ca_file.is_empty()).then(|| c.redis_ca_file.clone().into()),
+            })
+            .await
+            .context("cluster.redis_url")?,
+        )
+    };
+    let router = Router::new(
+        node.clone(),
+        bus,
+        RouterOptions {
+            rooms_per_connection: config.limits.rooms_per_connection,
+            max_message_bytes: config.limits.max_message_bytes,
+            framer: ws::outbound::frame,
+        },
+    );
+    let metrics = Metrics::new(router.clone());
+    let auth = match &config.auth {
+        Some(a) => Some(Arc::new(
+            Authenticator::from_config(a).context("loading [auth] keys")?,
+        )),
+        None => None,
+    };
+    let app = App::new(config.clone(), router, metrics, auth);
+
+    let client_addr = listeners.client.local_addr()?;
+    let admin_addr = listeners.admin.local_addr()?;
+    if app.auth.is_none() && !client_addr.ip().is_loopback() {
+        tracing::warn!(%client_addr, "no [auth]: anonymous connections are accepted on a non-loopback listener");
+    }
+    let stop_servers = CancellationToken::new();
+    let servers = TaskTracker::new();
+    let client = server::serve_client(
+        listeners.client,
+        server::client_router(app.clone()),
+        stop_servers.clone(),
+    );
+    let admin = axum::serve(listeners.admin, admin::router(app.clone()))
+        .with_graceful_shutdown(stop_servers.clone().cancelled_owned());
+    let failed = CancellationToken::new();
+    for (name, fut) in [
+        (
+            "client",
+            Box::pin(client.into_future())
+                as std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<()>> + Send>>,
+        ),
+        ("admin", Box::pin(admin.into_future())),
+    ] {
+        let failed = failed.clone();
+        servers.spawn(async move {
+            if let Err(e) = fut.await {
+                tracing::error!(listener = name, error = %e, "listener failed");
+                failed.cancel();
+            }
+        });
+    }
+    tracing::info!(node = %node, client = %client_addr, admin = %admin_addr, path = %config.server.path, "gateway-node ready");
+
+    tokio::select! {
+        () = shutdown.cancelled() => {}
+        () = failed.cancelled() => {}
+    }
+    drain::run(&app).await;
+    stop_servers.cancel();
+    servers.close();
+    servers.wait().await;
+    if failed.is_cancelled() {
+        bail!("a listener failed");
+    }
+    Ok(())
+}

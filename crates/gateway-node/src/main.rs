@@ -1,0 +1,131 @@
+//! `gateway-node`: run a node, check a config, or mint a development token.
+//!
+//! Run one node in embedded mode: `cargo run --release -p gateway-node`.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use gateway_node::cli::{Cli, Command};
+use gateway_node::config::{Config, FlagOverrides};
+use gateway_node::{auth, telemetry, Listeners};
+use tokio_util::sync::CancellationToken;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Command::CheckConfig { ref file }) => check_config(file),
+        Some(Command::Token {
+            ref config,
+            ref sub,
+            ref rooms,
+            ttl,
+        }) => token(config.as_deref(), sub, rooms.as_deref(), ttl.into()),
+        None => run_node(&cli),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("gateway-node: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn check_config(file: &Path) -> anyhow::Result<()> {
+    let config = Config::load(Some(file), &FlagOverrides::default())
+        .with_context(|| format!("invalid configuration {}", file.display()))?;
+    print!("{}", toml::to_string(&config.redacted())?);
+    Ok(())
+}
+
+fn token(
+    file: Option<&Path>,
+    sub: &str,
+    rooms: Option<&[String]>,
+    ttl: std::time::Duration,
+) -> anyhow::Result<()> {
+    let config = Config::load(file, &FlagOverrides::default()).context("invalid configuration")?;
+    let auth = config
+        .auth
+        .context("no [auth] configured: set auth.jwt_secret (or WSGATE_AUTH__JWT_SECRET)")?;
+    println!("{}", auth::mint(&auth, sub, rooms, ttl)?);
+    Ok(())
+}
+
+fn run_node(cli: &Cli) -> anyhow::Result<()> {
+    let flags = FlagOverrides {
+        listen: cli.listen,
+        admin_listen: cli.admin_listen,
+        redis_url: cli.redis_url.clone(),
+        node_id: cli.node_id.clone(),
+    };
+    let config =
+        Arc::new(Config::load(cli.config.as_deref(), &flags).context("invalid configuration")?);
+    telemetry::init(&config.telemetry);
+    let runtime = runtime().context("starting the runtime")?;
+    runtime.block_on(async move {
+        let client = bind(config.server.listen)
+            .with_context(|| format!("binding server.listen {}", config.server.listen))?;
+        let admin = tokio::net::TcpListener::bind(config.admin.listen)
+            .await
+            .with_context(|| format!("binding admin.listen {}", config.admin.listen))?;
+        let shutdown = CancellationToken::new();
+        let on_signal = shutdown.clone();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            tracing::info!("signal received: draining");
+            on_signal.cancel();
+        });
+        gateway_node::run(config, Listeners { client, admin }, shutdown).await
+    })
+}
+
+/// Accept backlog of the client listener. Reconnect storms (a drained or failed node's clients
+/// arriving at once) overflow tokio's default of 1,024, and every overflowing client then
+/// waits a full second for its SYN to be retried. The kernel caps it at `net.core.somaxconn`.
+const CLIENT_BACKLOG: u32 = 16_384;
+
+/// Binds the client listener with a deep backlog.
+fn bind(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(CLIENT_BACKLOG)
+}
+
+/// A multi-threaded runtime with a worker per CPU the process may use; on a single CPU (a
+/// pinned process, a one-core container) a current-thread runtime instead: the same work
+/// without cross-thread wake-ups, and a single-threaded process whose file table the kernel
+/// reads without atomics on every socket write.
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cpus == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,213 @@
+//! `GET /ws` (SPEC section 3): every refusal happens before the upgrade, as HTTP, in the
+//! order the SPEC gives; on success the 101 answer is sent and the session starts.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use protocol::codec::{negotiate, Negotiated};
+use protocol::{ConnectionId, ErrorCode};
+use room_router::{ConnHandle, ConnInfo, SessionKind};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::WebSocketStream;
+
+use crate::app::App;
+use crate::error::ApiError;
+use crate::ws::outbound::{SessionIo, SocketTransport};
+use crate::ws::session::Session;
+
+/// Seconds a refused client should wait before retrying a 503.
+const RETRY_AFTER_SECS: u32 = 5;
+
+fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|v| {
+        v.to_str()
+            .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+            .unwrap_or(false)
+    })
+}
+
+/// The upgrade handler.
+pub async fn upgrade(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    mut req: Request,
+) -> Response {
+    let headers = req.headers();
+    if !header_has_token(headers, header::UPGRADE, "websocket")
+        || !header_has_token(headers, header::CONNECTION, "upgrade")
+    {
+        return ApiError::new(
+            StatusCode::UPGRADE_REQUIRED,
+            ErrorCode::BadRequest,
+            "expected a WebSocket upgrade",
+        )
+        .into_response();
+    }
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_none_or(|v| v != "13")
+    {
+        let mut resp = ApiError::new(
+            StatusCode::UPGRADE_REQUIRED,
+            ErrorCode::BadRequest,
+            "unsupported WebSocket version (13 required)",
+        )
+        .into_response();
+        resp.headers_mut().insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
+        return resp;
+    }
+    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY).cloned() else {
+        return ApiError::bad_request("missing Sec-WebSocket-Key").into_response();
+    };
+
+    if app.draining() {
+        return ApiError::unavailable("node is draining: connect to another node")
+            .retry_after(RETRY_AFTER_SECS)
+            .into_response();
+    }
+    let slot = match app.slots.acquire(peer.ip()) {
+        Ok(slot) => slot,
+        Err(crate::ws::limits::SlotError::NodeFull) => {
+            return ApiError::unavailable("node is full")
+                .retry_after(RETRY_AFTER_SECS)
+                .into_response()
+        }
+        Err(crate::ws::limits::SlotError::PerIp) => {
+            return ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                ErrorCode::RateLimited,
+                "too many connections from this address",
+            )
+            .into_response()
+        }
+    };
+    let allowed = &app.config.server.allowed_origins;
+    if !allowed.is_empty() {
+        if let Some(origin) = headers.get(header::ORIGIN) {
+            let ok = origin
+                .to_str()
+                .map(|o| allowed.iter().any(|a| a == o))
+                .unwrap_or(false);
+            if !ok {
+                return ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    ErrorCode::Forbidden,
+                    "origin not allowed",
+                )
+                .into_response();
+            }
+        }
+    }
+    let offered: Vec<&str> = headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .collect();
+    let negotiated = negotiate(offered);
+    let Some(encoding) = negotiated.encoding() else {
+        return ApiError::bad_request(
+            "no supported subprotocol offered (wsgate.v1.json, wsgate.v1.msgpack)",
+        )
+        .into_response();
+    };
+    let identity = match &app.auth {
+        None => None,
+        Some(auth) => {
+            let token = auth.find_token(headers, req.uri().query());
+            let verified = match token {
+                None => Err(crate::auth::AuthError::Missing),
+                Some(t) => auth.verify(&t),
+            };
+            match verified {
+                Ok(identity) => Some(identity),
+                Err(e) => {
+                    app.metrics.auth_failure(e.reason());
+                    tracing::debug!(peer = %peer, reason = e.reason(), "handshake refused");
+                    return ApiError::new(
+                        StatusCode::UNAUTHORIZED,
+                        ErrorCode::Unauthorized,
+                        e.to_string(),
+                    )
+                    .into_response();
+                }
+            }
+        }
+    };
+    let Some(on_upgrade) = req.extensions_mut().remove::<OnUpgrade>() else {
+        return ApiError::bad_request("connection cannot be upgraded").into_response();
+    };
+
+    let conn = Arc::new(ConnHandle::new(
+        ConnectionId::random(),
+        encoding,
+        app.config.limits.outbound_queue,
+        ConnInfo {
+            source_ip: peer.ip(),
+            source_port: peer.port(),
+            sub: identity.as_ref().and_then(|i| i.sub.clone()),
+            connected_at: SystemTime::now(),
+            kind: SessionKind::Room,
+            path: req.uri().path().to_owned(),
+            upstream: None,
+        },
+    ));
+    let session_app = app.clone();
+    app.sessions.spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::debug!(peer = %peer, error = %e, "upgrade failed");
+                return;
+            }
+        };
+        // The session writes to the socket directly (see ws::outbound), so it needs the TCP
+        // stream itself, not hyper's boxed wrapper.
+        let parts = match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => parts,
+            Err(_) => {
+                tracing::error!("upgraded connection is not a TCP stream");
+                return;
+            }
+        };
+        let (read, write) = parts.io.into_inner().into_split();
+        let write = Arc::new(write);
+        conn.outbound.attach(Box::new(SocketTransport::new(
+            write.clone(),
+            session_app.metrics.clone(),
+        )));
+        let io = SessionIo::new(read, parts.read_buf, conn.clone());
+        let ws =
+            WebSocketStream::from_raw_socket(io, Role::Server, Some(session_app.ws_config)).await;
+        Session::new(session_app, conn, identity, ws, write)
+            .run()
+            .await;
+        drop(slot);
+    });
+
+    let mut resp = StatusCode::SWITCHING_PROTOCOLS.into_response();
+    let h = resp.headers_mut();
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    if let Ok(accept) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    }
+    if let Negotiated::Chosen(e) = negotiated {
+        h.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static(e.subprotocol()),
+        );
+    }
+    resp
+}

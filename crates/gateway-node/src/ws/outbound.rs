@@ -1,0 +1,178 @@
+//! The socket under a session, split in two: writes go through the connection's
+//! [`Outbound`] (direct non-blocking writes from fan-out, a bounded queue behind them), and
+//! reads go to tungstenite, whose own writes (pongs, close frames) are routed into the same
+//! outbound so that frames never interleave.
+
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes};
+use protocol::EncodedFrame;
+use room_router::{ConnHandle, Flush, Transport};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
+
+use crate::metrics::Metrics;
+
+/// How long a close handshake may take before the socket is dropped.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Wraps an encoded frame in a WebSocket frame header (server frames are unmasked, so the
+/// bytes are the same for every recipient and are built once per broadcast).
+pub fn frame(encoded: &EncodedFrame) -> Bytes {
+    let opcode = if encoded.encoding().is_text() {
+        OpCode::Data(Data::Text)
+    } else {
+        OpCode::Data(Data::Binary)
+    };
+    let header = FrameHeader {
+        opcode,
+        ..FrameHeader::default()
+    };
+    let payload = encoded.bytes();
+    let len = payload.len() as u64;
+    let mut out = Vec::with_capacity(header.len(len) + payload.len());
+    // Formatting into a Vec cannot fail.
+    let _ = header.format(len, &mut out);
+    out.extend_from_slice(payload);
+    out.into()
+}
+
+/// The write half of a client socket, as the router's [`Transport`].
+pub struct SocketTransport {
+    /// The socket's descriptor, kept inline: the fan-out fast path writes to it without
+    /// following the runtime's pointers for every recipient.
+    fd: RawFd,
+    /// Keeps the descriptor open and tracks writability for the session's flush.
+    write: Arc<OwnedWriteHalf>,
+    metrics: Arc<Metrics>,
+}
+
+impl SocketTransport {
+    /// Wraps a write half.
+    pub fn new(write: Arc<OwnedWriteHalf>, metrics: Arc<Metrics>) -> Self {
+        let fd = AsRef::<tokio::net::TcpStream>::as_ref(&*write).as_raw_fd();
+        SocketTransport { fd, write, metrics }
+    }
+}
+
+/// `send(2)` without blocking or SIGPIPE.
+fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: `fd` is an open socket for as long as `SocketTransport::write` lives, which
+    // outlives every call (it is a field of the same struct); `buf` is a valid slice.
+    let n = unsafe {
+        libc::send(
+            fd,
+            buf.as_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+impl Transport for SocketTransport {
+    fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+        self.write.try_write(buf)
+    }
+
+    fn try_write_direct(&self, buf: &[u8]) -> io::Result<usize> {
+        send(self.fd, buf)
+    }
+
+    fn delivered(&self, since: Instant) {
+        self.metrics.messages_delivered.inc();
+        self.metrics
+            .publish_to_delivery
+            .observe(since.elapsed().as_secs_f64());
+    }
+}
+
+/// What tungstenite reads from and writes to: reads from the socket (after any bytes the HTTP
+/// layer read ahead), writes into the connection's outbound.
+pub struct SessionIo {
+    read: OwnedReadHalf,
+    prefix: Bytes,
+    conn: Arc<ConnHandle>,
+}
+
+impl SessionIo {
+    /// Wraps the read half; `prefix` is what the HTTP layer had already read. It is a view
+    /// into the HTTP layer's whole read buffer, so it is copied out (or dropped when empty)
+    /// rather than keeping that buffer alive for the life of the connection.
+    pub fn new(read: OwnedReadHalf, prefix: Bytes, conn: Arc<ConnHandle>) -> Self {
+        let prefix = if prefix.is_empty() {
+            Bytes::new()
+        } else {
+            Bytes::copy_from_slice(&prefix)
+        };
+        SessionIo { read, prefix, conn }
+    }
+}
+
+impl AsyncRead for SessionIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            if self.prefix.is_empty() {
+                self.prefix = Bytes::new();
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.read).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for SessionIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        // tungstenite writes whole frames (write buffer size 0): pongs, pings, close frames.
+        match self
+            .conn
+            .outbound
+            .push_control(&Bytes::copy_from_slice(buf))
+        {
+            Ok(()) => Poll::Ready(Ok(buf.len())),
+            Err(_) => Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // The session flushes the outbound itself.
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Writes everything queued, waiting for the socket as needed.
+pub async fn flush_all(conn: &ConnHandle, write: &OwnedWriteHalf) -> io::Result<()> {
+    loop {
+        match conn.outbound.flush() {
+            Flush::Empty => return Ok(()),
+            Flush::Blocked => write.writable().await?,
+            Flush::Failed => return Err(io::ErrorKind::BrokenPipe.into()),
+        }
+    }
+}

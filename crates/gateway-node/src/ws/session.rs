@@ -1,0 +1,448 @@
+//! One client connection from welcome to close: reads client frames, runs actions, writes
+//! queued frames, and enforces heartbeats, timeouts and limits (SPEC sections 3 to 5, 11).
+//!
+//! One task per connection drives both directions with `select!`, so an idle connection costs
+//! one small future and no second task.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use protocol::codec::decode_client;
+use protocol::{ClientFrame, CloseCode, ErrorCode, RequestId, ServerFrame};
+use room_router::{ConnHandle, Flush, PushError, RouterError, SendError};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+
+use crate::app::App;
+use crate::auth::{room_allowed, Identity};
+use crate::ws::limits::RateLimiter;
+use crate::ws::outbound::{self, flush_all, SessionIo};
+
+/// The WebSocket of one client: tungstenite reads; writes go through the outbound.
+type Ws = tokio_tungstenite::WebSocketStream<SessionIo>;
+
+/// How a session ends.
+enum End {
+    /// The server closes with this code.
+    Close(CloseCode),
+    /// The client closed; tungstenite answers the close.
+    PeerClosed,
+    /// The socket failed or the node stopped: drop it.
+    Broken,
+}
+
+/// The state of one connection.
+pub struct Session {
+    app: Arc<App>,
+    conn: Arc<ConnHandle>,
+    identity: Option<Identity>,
+    ws: Ws,
+    rate: RateLimiter,
+    bad_frames: u32,
+    rejected: u32,
+    started: Instant,
+    last_seen: Instant,
+    last_message: Instant,
+    next_ping: Instant,
+    token_deadline: Option<Instant>,
+    /// The socket's write half, to wait for writability when it pushes back.
+    write: Arc<OwnedWriteHalf>,
+    /// Whether the last flush found the socket full.
+    blocked: bool,
+}
+
+/// Bounds a write: a client that stops reading cannot hold the session forever.
+async fn bounded<F: std::future::Future<Output = Result<(), WsError>>>(
+    limit: Duration,
+    f: F,
+) -> Result<(), WsError> {
+    match tokio::time::timeout(limit, f).await {
+        Ok(r) => r,
+        Err(_) => Err(WsError::Io(std::io::ErrorKind::TimedOut.into())),
+    }
+}
+
+fn instant_of(t: SystemTime) -> Instant {
+    let now = Instant::now();
+    match t.duration_since(SystemTime::now()) {
+        Ok(d) => now + d,
+        Err(_) => now,
+    }
+}
+
+impl Session {
+    /// A session for an upgraded connection.
+    pub fn new(
+        app: Arc<App>,
+        conn: Arc<ConnHandle>,
+        identity: Option<Identity>,
+        ws: Ws,
+        write: Arc<OwnedWriteHalf>,
+    ) -> Self {
+        let now = Instant::now();
+        let limits = &app.config.limits;
+        let token_deadline = match (&app.auth, &identity) {
+            (Some(auth), Some(id)) => Some(instant_of(auth.expiry(id))),
+            _ => None,
+        };
+        Session {
+            rate: RateLimiter::new(limits.messages_per_second, limits.messages_burst, now),
+            next_ping: now + app.config.server.heartbeat,
+            app,
+            conn,
+            identity,
+            ws,
+            bad_frames: 0,
+            rejected: 0,
+            started: now,
+            last_seen: now,
+            last_message: now,
+            token_deadline,
+            write,
+            blocked: false,
+        }
+    }
+
+    /// Runs the connection to its end.
+    pub async fn run(mut self) {
+        let app = self.app.clone();
+        app.router.register(self.conn.clone()).await;
+        app.metrics.connections_active.inc();
+        app.metrics.connections.inc();
+        let welcome = ServerFrame::Welcome {
+            connection_id: self.conn.id.clone(),
+            node: app.router.node_id().clone(),
+            protocol: self.conn.encoding,
+            heartbeat_ms: app.config.server.heartbeat.as_millis() as u64,
+        };
+        self.reply(&welcome);
+        let end = self.serve().await;
+        // Unreachable from now on, before the (bounded) close handshake.
+        app.router.unregister(&self.conn);
+        app.metrics.connections_active.dec();
+        match end {
+            End::Close(code) => {
+                tokio::select! {
+                    () = self.close(code) => {}
+                    () = app.hard_stop.cancelled() => {}
+                }
+            }
+            End::PeerClosed => {
+                let _ = tokio::time::timeout(
+                    outbound::CLOSE_TIMEOUT,
+                    flush_all(&self.conn, &self.write),
+                )
+                .await;
+            }
+            End::Broken => {}
+        }
+    }
+
+    /// Sends a close frame after what is queued, and waits (bounded) for the client's answer.
+    async fn close(&mut self, code: CloseCode) {
+        let frame = CloseFrame {
+            code: WsCloseCode::from(code.as_u16()),
+            reason: code.reason().into(),
+        };
+        let _ = tokio::time::timeout(outbound::CLOSE_TIMEOUT, async {
+            // tungstenite writes the close frame into the outbound, behind queued frames.
+            if self.ws.close(Some(frame)).await.is_ok()
+                && flush_all(&self.conn, &self.write).await.is_ok()
+            {
+                while let Some(Ok(_)) = self.ws.next().await {}
+            }
+        })
+        .await;
+    }
+
+    /// Writes what the outbound holds; ends the session on a failed socket or a close
+    /// request.
+    fn on_writable(&mut self) -> Option<End> {
+        match self.conn.outbound.flush() {
+            Flush::Failed => Some(End::Broken),
+            Flush::Blocked => {
+                self.blocked = true;
+                self.conn.outbound.close_requested().map(End::Close)
+            }
+            Flush::Empty => {
+                self.blocked = false;
+                self.conn.outbound.close_requested().map(End::Close)
+            }
+        }
+    }
+
+    async fn serve(&mut self) -> End {
+        let sleep = tokio::time::sleep_until(self.deadline());
+        tokio::pin!(sleep);
+        // Registered once: a fresh `cancelled()` per iteration would lock the token's waiter
+        // list twice for every frame written.
+        let hard_stop = self.app.hard_stop.clone();
+        let stopped = hard_stop.cancelled();
+        tokio::pin!(stopped);
+        loop {
+            tokio::select! {
+                biased;
+                () = &mut stopped => return End::Broken,
+                () = self.conn.outbound.ready() => {
+                    if let Some(end) = self.on_writable() {
+                        return end;
+                    }
+                }
+                r = self.write.writable(), if self.blocked => {
+                    if r.is_err() {
+                        return End::Broken;
+                    }
+                    if let Some(end) = self.on_writable() {
+                        return end;
+                    }
+                }
+                msg = self.ws.next() => {
+                    if let Some(end) = self.on_message(msg).await {
+                        return end;
+                    }
+                }
+                () = &mut sleep => {
+                    if let Some(end) = self.on_timer().await {
+                        return end;
+                    }
+                }
+            }
+            let deadline = self.deadline();
+            if deadline != sleep.deadline() {
+                sleep.as_mut().reset(deadline);
+            }
+        }
+    }
+
+    /// The next moment a timer has something to do.
+    fn deadline(&self) -> Instant {
+        let server = &self.app.config.server;
+        let mut d = self
+            .next_ping
+            .min(self.last_seen + server.heartbeat_timeout);
+        if !server.idle_timeout.is_zero() {
+            d = d.min(self.last_message + server.idle_timeout);
+        }
+        if !server.max_connection_duration.is_zero() {
+            d = d.min(self.started + server.max_connection_duration);
+        }
+        if let Some(t) = self.token_deadline {
+            d = d.min(t);
+        }
+        d
+    }
+
+    async fn on_timer(&mut self) -> Option<End> {
+        let now = Instant::now();
+        let server = &self.app.config.server;
+        if !server.idle_timeout.is_zero() && now >= self.last_message + server.idle_timeout {
+            return Some(End::Close(CloseCode::IDLE_TIMEOUT));
+        }
+        if !server.max_connection_duration.is_zero()
+            && now >= self.started + server.max_connection_duration
+        {
+            return Some(End::Close(CloseCode::MAX_DURATION));
+        }
+        if self.token_deadline.is_some_and(|t| now >= t) {
+            return Some(End::Close(CloseCode::TOKEN_EXPIRED));
+        }
+        if now >= self.last_seen + server.heartbeat_timeout {
+            return Some(End::Close(CloseCode::HEARTBEAT_TIMEOUT));
+        }
+        if now >= self.next_ping {
+            self.next_ping = now + server.heartbeat;
+            let ping = self.ws.send(Message::Ping(Bytes::new()));
+            if bounded(server.heartbeat_timeout, ping).await.is_err() {
+                return Some(End::Broken);
+            }
+        }
+        None
+    }
+
+    async fn on_message(&mut self, msg: Option<Result<Message, WsError>>) -> Option<End> {
+        let now = Instant::now();
+        self.last_seen = now;
+        match msg {
+            None => Some(End::Broken),
+            Some(Ok(Message::Text(text))) => self.on_data(Bytes::from(text), true, now).await,
+            Some(Ok(Message::Binary(bin))) => self.on_data(bin, false, now).await,
+            Some(Ok(Message::Close(_))) => Some(End::PeerClosed),
+            Some(Ok(_)) => None,
+            Some(Err(WsError::Capacity(_))) => Some(End::Close(CloseCode::TOO_BIG)),
+            Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed)) => Some(End::PeerClosed),
+            Some(Err(WsError::Protocol(_) | WsError::Utf8(_))) => {
+                Some(End::Close(CloseCode::POLICY))
+            }
+            Some(Err(_)) => Some(End::Broken),
+        }
+    }
+
+    async fn on_data(&mut self, bytes: Bytes, is_text: bool, now: Instant) -> Option<End> {
+        self.app.metrics.messages_in.inc();
+        self.last_message = now;
+        self.conn.touch();
+        if !self.rate.try_take(now) {
+            self.rejected += 1;
+            if self.rejected >= self.app.config.limits.messages_burst {
+                return Some(End::Close(CloseCode::POLICY));
+            }
+            self.error(None, ErrorCode::RateLimited, "over the message rate limit");
+            return None;
+        }
+        self.rejected = 0;
+        match decode_client(self.conn.encoding, &bytes, is_text) {
+            Err(e) => self.bad_frame(e.id, &e.error.to_string()),
+            Ok(frame) => self.handle(frame).await,
+        }
+    }
+
+    /// Answers `bad_request`; too many in a row close with 1008.
+    fn bad_frame(&mut self, id: Option<RequestId>, message: &str) -> Option<End> {
+        self.bad_frames += 1;
+        self.error(id, ErrorCode::BadRequest, message);
+        if self.bad_frames >= self.app.config.limits.max_bad_frames {
+            return Some(End::Close(CloseCode::POLICY));
+        }
+        None
+    }
+
+    async fn handle(&mut self, frame: ClientFrame) -> Option<End> {
+        if let ClientFrame::Routed(r) = &frame {
+            if r.action.is_none() {
+                return self.bad_frame(r.id.clone(), "missing field `action`");
+            }
+        }
+        self.bad_frames = 0;
+        let router = self.app.router.clone();
+        let policy = self
+            .app
+            .auth
+            .as_ref()
+            .map(|a| a.config().default_room_policy)
+            .unwrap_or_default();
+        match frame {
+            ClientFrame::Join {
+                id, room, since, ..
+            } => {
+                if !room_allowed(self.identity.as_ref(), policy, room.as_str()) {
+                    self.error(id, ErrorCode::Forbidden, "not allowed in this room");
+                } else {
+                    match router.join(&self.conn, &room) {
+                        Ok(()) => self.ack(id, None, since.map(|_| false)),
+                        Err(e) => self.router_error(id, e),
+                    }
+                }
+            }
+            ClientFrame::Leave { id, room } => {
+                router.leave(&self.conn, &room);
+                self.ack(id, None, None);
+            }
+            ClientFrame::Publish {
+                id,
+                room,
+                data,
+                exclude_self,
+            } => {
+                if !room_allowed(self.identity.as_ref(), policy, room.as_str()) {
+                    self.error(id, ErrorCode::Forbidden, "not allowed in this room");
+                } else {
+                    match router.publish(&room, data, Some(&self.conn.id), exclude_self) {
+                        Ok(receipt) => self.ack(id, receipt.offset, None),
+                        Err(e) => self.router_error(id, e),
+                    }
+                }
+            }
+            ClientFrame::Send { id, to, data } => {
+                match router.send(&to, data, Some(self.conn.id.clone())).await {
+                    Ok(()) => self.ack(id, None, None),
+                    Err(SendError::NotFound(_)) => {
+                        self.error(id, ErrorCode::NotFound, "no such connection")
+                    }
+                    Err(SendError::Router(e)) => self.router_error(id, e),
+                    Err(SendError::Unavailable(e)) => {
+                        self.error(id, ErrorCode::Unavailable, &e.to_string())
+                    }
+                }
+            }
+            ClientFrame::Refresh { id, token } => return self.refresh(id, &token),
+            ClientFrame::Ping { id } => self.reply(&ServerFrame::Pong { id }),
+            ClientFrame::Routed(r) => {
+                let action = r.action.unwrap_or_default();
+                self.error(
+                    r.id,
+                    ErrorCode::UnknownAction,
+                    &format!("unknown action {action:?}"),
+                );
+            }
+        }
+        None
+    }
+
+    fn refresh(&mut self, id: Option<RequestId>, token: &str) -> Option<End> {
+        let Some(auth) = self.app.auth.clone() else {
+            self.error(
+                id,
+                ErrorCode::BadRequest,
+                "refresh needs [auth] on the node",
+            );
+            return None;
+        };
+        match auth.verify(token) {
+            Ok(new) if new.sub == self.identity.as_ref().and_then(|i| i.sub.clone()) => {
+                self.token_deadline = Some(instant_of(auth.expiry(&new)));
+                self.identity = Some(new);
+                self.ack(id, None, None);
+                None
+            }
+            _ => Some(End::Close(CloseCode::POLICY)),
+        }
+    }
+
+    fn router_error(&mut self, id: Option<RequestId>, e: RouterError) {
+        let code = match e {
+            RouterError::RoomLimit(_) => ErrorCode::RoomLimit,
+            RouterError::TooLarge { .. } => ErrorCode::TooLarge,
+            RouterError::Unencodable(_) => ErrorCode::BadRequest,
+        };
+        self.error(id, code, &e.to_string());
+    }
+
+    fn ack(&mut self, id: Option<RequestId>, offset: Option<u64>, recovered: Option<bool>) {
+        if id.is_some() {
+            self.reply(&ServerFrame::Ack {
+                id,
+                offset,
+                epoch: None,
+                recovered,
+            });
+        }
+    }
+
+    fn error(&mut self, id: Option<RequestId>, code: ErrorCode, message: &str) {
+        self.reply(&ServerFrame::Error {
+            id,
+            code,
+            message: message.to_owned(),
+        });
+    }
+
+    /// Queues a reply behind whatever is already queued for the client.
+    fn reply(&mut self, msg: &ServerFrame) {
+        let Ok(encoded) = msg.encode(self.conn.encoding) else {
+            return;
+        };
+        if self.conn.outbound.push(&outbound::frame(&encoded), None) == Err(PushError::Full) {
+            self.app
+                .router
+                .stats()
+                .slow_consumer_closes
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}

@@ -1,0 +1,326 @@
+//! The envelope nodes exchange over the cluster bus, always MessagePack.
+//!
+//! Fields are encoded by name (`rmp_serde::to_vec_named`) so that a node of a newer version can
+//! add fields without breaking older nodes during a rolling upgrade; unknown fields are ignored.
+
+use serde::{Deserialize, Serialize};
+
+use crate::id::{ConnectionId, NodeId};
+use crate::payload::{Payload, PayloadError};
+use crate::room::RoomName;
+
+/// One message between nodes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Envelope {
+    /// The node that sent it; a node ignores the echo of its own room publishes.
+    pub origin: NodeId,
+    /// What it carries.
+    pub body: EnvelopeBody,
+    /// W3C `traceparent` of the span that caused it, so traces continue across nodes.
+    pub traceparent: Option<String>,
+}
+
+/// What an envelope carries.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EnvelopeBody {
+    /// A room message, for every local member of `room` on the receiving node.
+    Room {
+        /// The room.
+        room: RoomName,
+        /// The publishing connection (`None`: management API).
+        from: Option<ConnectionId>,
+        /// A connection not to deliver to (`exclude_self`).
+        exclude: Option<ConnectionId>,
+        /// The data, once.
+        data: Payload,
+        /// Offset in a retained room.
+        offset: Option<u64>,
+        /// Epoch in a retained room.
+        epoch: Option<String>,
+    },
+    /// A message for one connection living on the receiving node.
+    Direct {
+        /// The target.
+        to: ConnectionId,
+        /// The sender (`None`: management API).
+        from: Option<ConnectionId>,
+        /// The data.
+        data: Payload,
+    },
+    /// Close one connection living on the receiving node.
+    Disconnect {
+        /// The target.
+        to: ConnectionId,
+        /// The close code.
+        code: u16,
+    },
+    /// A question for the receiving node, answered with a [`EnvelopeBody::Reply`] on
+    /// `reply_to`'s node channel.
+    Query {
+        /// Correlates the reply.
+        id: u64,
+        /// The asking node.
+        reply_to: NodeId,
+        /// The question.
+        query: Query,
+    },
+    /// The answer to a [`EnvelopeBody::Query`].
+    Reply {
+        /// The query's id.
+        id: u64,
+        /// The answer.
+        reply: Reply,
+    },
+}
+
+/// What one node asks another.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Query {
+    /// `GET /@connections/{id}` for a connection the receiver holds.
+    Connection(String),
+    /// Local members of a room (`ids`: with their ids).
+    Room {
+        /// The room.
+        room: String,
+        /// Whether to list the ids.
+        ids: bool,
+    },
+}
+
+/// The answer to a [`Query`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Reply {
+    /// The connection, if the receiver holds it.
+    Connection(Option<ConnectionInfo>),
+    /// The receiver's members of the room.
+    Room {
+        /// How many.
+        count: u64,
+        /// Their ids, when asked for.
+        ids: Vec<String>,
+    },
+}
+
+/// A connection as one node describes it to another.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConnectionInfo {
+    /// Its id.
+    pub id: String,
+    /// The node holding it.
+    pub node: String,
+    /// Connected at, ms since the Unix epoch.
+    pub connected_at_ms: u64,
+    /// Last client message, ms since the Unix epoch.
+    pub last_active_ms: u64,
+    /// Peer address.
+    pub source_ip: String,
+    /// Token subject.
+    pub sub: Option<String>,
+    /// Rooms it is in.
+    pub rooms: Vec<String>,
+}
+
+/// Why an envelope could not be read. The bus counts these and drops the envelope.
+#[derive(Debug, thiserror::Error)]
+pub enum EnvelopeError {
+    /// Not a MessagePack envelope.
+    #[error("malformed envelope: {0}")]
+    Decode(#[from] rmp_serde::decode::Error),
+    /// A field that must be valid is not (room name, payload).
+    #[error("invalid envelope field: {0}")]
+    Invalid(String),
+    /// The payload is not what it claims.
+    #[error("invalid envelope payload: {0}")]
+    Payload(#[from] PayloadError),
+}
+
+#[derive(Serialize, Deserialize)]
+struct Wire {
+    o: String,
+    k: u8,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    room: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    from: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    to: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ex: Option<String>,
+    /// Payload encoding: 0 JSON, 1 MessagePack.
+    #[serde(default)]
+    pe: u8,
+    #[serde(default, with = "bin")]
+    data: Vec<u8>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    off: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ep: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    code: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tp: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    qid: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    q: Option<Query>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    r: Option<Reply>,
+}
+
+const KIND_ROOM: u8 = 0;
+const KIND_DIRECT: u8 = 1;
+const KIND_DISCONNECT: u8 = 2;
+const KIND_QUERY: u8 = 3;
+const KIND_REPLY: u8 = 4;
+
+/// Byte strings as MessagePack `bin`, not as arrays of integers.
+mod bin {
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Vec<u8>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("bytes")
+            }
+            fn visit_bytes<E>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+                Ok(v.to_vec())
+            }
+            fn visit_byte_buf<E>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+                Ok(v)
+            }
+        }
+        d.deserialize_byte_buf(V)
+    }
+}
+
+fn split(p: &Payload) -> (u8, Vec<u8>) {
+    match p {
+        Payload::Json(b) => (0, b.to_vec()),
+        Payload::MsgPack(b) => (1, b.to_vec()),
+    }
+}
+
+impl Envelope {
+    /// Encodes the envelope as MessagePack.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Wire {
+            o: self.origin.as_str().to_owned(),
+            k: 0,
+            room: None,
+            from: None,
+            to: None,
+            ex: None,
+            pe: 0,
+            data: Vec::new(),
+            off: None,
+            ep: None,
+            code: None,
+            tp: self.traceparent.clone(),
+            qid: None,
+            q: None,
+            r: None,
+        };
+        match &self.body {
+            EnvelopeBody::Room {
+                room,
+                from,
+                exclude,
+                data,
+                offset,
+                epoch,
+            } => {
+                w.k = KIND_ROOM;
+                w.room = Some(room.as_str().to_owned());
+                w.from = from.as_ref().map(|c| c.as_str().to_owned());
+                w.ex = exclude.as_ref().map(|c| c.as_str().to_owned());
+                (w.pe, w.data) = split(data);
+                w.off = *offset;
+                w.ep = epoch.clone();
+            }
+            EnvelopeBody::Direct { to, from, data } => {
+                w.k = KIND_DIRECT;
+                w.to = Some(to.as_str().to_owned());
+                w.from = from.as_ref().map(|c| c.as_str().to_owned());
+                (w.pe, w.data) = split(data);
+            }
+            EnvelopeBody::Disconnect { to, code } => {
+                w.k = KIND_DISCONNECT;
+                w.to = Some(to.as_str().to_owned());
+                w.code = Some(*code);
+            }
+            EnvelopeBody::Query {
+                id,
+                reply_to,
+                query,
+            } => {
+                w.k = KIND_QUERY;
+                w.qid = Some(*id);
+                w.to = Some(reply_to.as_str().to_owned());
+                w.q = Some(query.clone());
+            }
+            EnvelopeBody::Reply { id, reply } => {
+                w.k = KIND_REPLY;
+                w.qid = Some(*id);
+                w.r = Some(reply.clone());
+            }
+        }
+        // Serializing this plain struct into a Vec cannot fail.
+        rmp_serde::to_vec_named(&w).unwrap_or_default()
+    }
+
+    /// Decodes and validates an envelope from another node.
+    pub fn decode(bytes: &[u8]) -> Result<Envelope, EnvelopeError> {
+        let w: Wire = rmp_serde::from_slice(bytes)?;
+        let missing = |f: &str| EnvelopeError::Invalid(format!("missing `{f}`"));
+        let payload = |pe: u8, data: Vec<u8>| -> Result<Payload, EnvelopeError> {
+            let p = match pe {
+                0 => Payload::Json(data.into()),
+                1 => Payload::MsgPack(data.into()),
+                other => return Err(EnvelopeError::Invalid(format!("payload encoding {other}"))),
+            };
+            p.check()?;
+            Ok(p)
+        };
+        let body = match w.k {
+            KIND_ROOM => EnvelopeBody::Room {
+                room: RoomName::parse(&w.room.ok_or_else(|| missing("room"))?)
+                    .map_err(|e| EnvelopeError::Invalid(e.to_string()))?,
+                from: w.from.map(ConnectionId::from_string),
+                exclude: w.ex.map(ConnectionId::from_string),
+                data: payload(w.pe, w.data)?,
+                offset: w.off,
+                epoch: w.ep,
+            },
+            KIND_DIRECT => EnvelopeBody::Direct {
+                to: ConnectionId::from_string(w.to.ok_or_else(|| missing("to"))?),
+                from: w.from.map(ConnectionId::from_string),
+                data: payload(w.pe, w.data)?,
+            },
+            KIND_DISCONNECT => EnvelopeBody::Disconnect {
+                to: ConnectionId::from_string(w.to.ok_or_else(|| missing("to"))?),
+                code: w.code.ok_or_else(|| missing("code"))?,
+            },
+            KIND_QUERY => EnvelopeBody::Query {
+                id: w.qid.ok_or_else(|| missing("qid"))?,
+                reply_to: NodeId::new(w.to.ok_or_else(|| missing("to"))?),
+                query: w.q.ok_or_else(|| missing("q"))?,
+            },
+            KIND_REPLY => EnvelopeBody::Reply {
+                id: w.qid.ok_or_else(|| missing("qid"))?,
+                reply: w.r.ok_or_else(|| missing("r"))?,
+            },
+            other => return Err(EnvelopeError::Invalid(format!("unknown kind {other}"))),
+        };
+        Ok(Envelope {
+            origin: NodeId::new(w.o),
+            body,
+            traceparent: w.tp,
+        })
+    }
+}

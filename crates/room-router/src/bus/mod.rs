@@ -1,0 +1,97 @@
+//! The cluster bus: how a node reaches the rooms and connections of other nodes.
+//!
+//! # Guarantees (both implementations)
+//! - **Delivery** between nodes is at most once: a message published while the bus is down is
+//!   delivered to local members only and lost for other nodes (SPEC section 7).
+//! - **Order**: messages of one publisher to one room reach every node in the order published.
+//! - **Echo**: a node delivers its own publishes locally at once and ignores their echo, so
+//!   local members get each message once; the bus never hands a node its own room envelope.
+//! - **Interest**: a node receives only the rooms it announced with [`Bus::subscribe`].
+//! - **Bounded**: no call blocks on the network and every internal queue is bounded; when the
+//!   bus cannot keep up it drops and says so ([`BusError::Overloaded`]).
+//!
+//! Implementations: [`local::LocalBus`] (in-process, for embedded mode and for contract tests
+//! of several nodes in one process) and [`redis::RedisBus`] (Redis pub/sub, many processes).
+
+pub mod local;
+pub mod redis;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use protocol::{ConnectionId, Envelope, RoomName};
+
+use crate::error::BusError;
+use crate::router::{ConnectionView, NodeView, RoomPresence};
+
+/// A boxed future, so that `Bus` can be used as a trait object.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A node's side of the bus: what the bus calls when something arrives for this node.
+pub trait BusSink: Send + Sync {
+    /// An envelope for this node: a room message for its local members, a direct message or
+    /// a disconnect for one of its connections.
+    fn deliver(&self, envelope: Envelope);
+    /// A local connection's view, for `GET /@connections/{id}` asked on another node.
+    fn connection_view(&self, id: &ConnectionId) -> Option<ConnectionView>;
+    /// Local members of a room.
+    fn room_members(&self, room: &RoomName) -> Vec<ConnectionId>;
+    /// This node's counts, for `GET /cluster`.
+    fn node_view(&self) -> NodeView;
+    /// Every local connection id and room, for re-registration after a reconnect.
+    fn local_connections(&self) -> Vec<ConnectionId>;
+}
+
+/// The transport between nodes.
+pub trait Bus: Send + Sync + 'static {
+    /// Connects the bus to this node's delivery. Called once, before any other method.
+    fn attach(&self, sink: Arc<dyn BusSink>);
+
+    /// The room has its first local member: start receiving it. Implementations batch
+    /// subscription changes; the call itself never waits.
+    fn subscribe(&self, room: &RoomName);
+
+    /// The room's last local member left: stop receiving it.
+    fn unsubscribe(&self, room: &RoomName);
+
+    /// Sends a room envelope to every other node with members in the room.
+    fn publish(&self, envelope: Envelope) -> Result<(), BusError>;
+
+    /// A connection opened here: record that this node holds it (affinity). Resolves once the
+    /// record is written (or the bus is down), so a welcome sent after it is reachable.
+    fn connection_opened<'a>(&'a self, id: &'a ConnectionId) -> BoxFuture<'a, ()>;
+
+    /// A connection closed here: forget its affinity.
+    fn connection_closed(&self, id: &ConnectionId);
+
+    /// Delivers a direct or disconnect envelope to whichever other node holds `to`.
+    /// `Ok(false)`: no node holds it.
+    fn route_to_connection<'a>(
+        &'a self,
+        to: &'a ConnectionId,
+        envelope: Envelope,
+    ) -> BoxFuture<'a, Result<bool, BusError>>;
+
+    /// A connection held by another node.
+    fn remote_connection<'a>(
+        &'a self,
+        id: &'a ConnectionId,
+    ) -> BoxFuture<'a, Result<Option<ConnectionView>, BusError>>;
+
+    /// Members of a room on other nodes.
+    fn remote_room<'a>(
+        &'a self,
+        room: &'a RoomName,
+        with_ids: bool,
+    ) -> BoxFuture<'a, Result<RoomPresence, BusError>>;
+
+    /// Other live nodes.
+    fn remote_nodes(&self) -> BoxFuture<'_, Result<Vec<NodeView>, BusError>>;
+
+    /// Whether the bus is connected (`wsgate_redis_up`).
+    fn is_up(&self) -> bool;
+
+    /// Leaves the cluster: removes this node's registration and affinities (end of drain).
+    fn shutdown(&self) -> BoxFuture<'_, ()>;
+}

@@ -1,0 +1,73 @@
+//! Connection-to-node affinity records: written before the welcome, refreshed in pipelined
+//! batches, deleted on close.
+
+use super::*;
+
+/// Commands per pipeline when refreshing affinity records: few round trips, and a pipeline's
+/// transient memory (commands and replies) small next to the connections it refreshes.
+pub(super) const AFFINITY_BATCH: usize = 2_000;
+
+#[derive(Default)]
+pub(super) struct AffinityWork {
+    pub(super) opened: Vec<(ConnectionId, oneshot::Sender<()>)>,
+    pub(super) closed: Vec<ConnectionId>,
+    pub(super) refresh_all: bool,
+}
+
+impl Inner {
+    pub(super) async fn run_affinity(self: Arc<Self>) {
+        let ttl = self.opts.affinity_ttl;
+        let mut refresh = tokio::time::interval(ttl / 3);
+        refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let periodic = tokio::select! {
+                () = self.cancel.cancelled() => return,
+                () = self.affinity_notify.notified() => false,
+                _ = refresh.tick() => true,
+            };
+            let work = std::mem::take(&mut *self.affinity.lock());
+            let all = periodic || work.refresh_all;
+            let node = self.opts.node.as_str();
+            let ex = Some(Expiration::EX(ttl.as_secs().max(1) as i64));
+            let pipeline = self.client.pipeline();
+            for (id, _) in &work.opened {
+                let _: Result<(), _> = pipeline
+                    .set(self.keys.conn(id.as_str()), node, ex.clone(), None, false)
+                    .await;
+            }
+            for id in &work.closed {
+                let _: Result<(), _> = pipeline.del(self.keys.conn(id.as_str())).await;
+            }
+            if !work.opened.is_empty() || !work.closed.is_empty() {
+                if let Err(e) = pipeline.all::<Vec<Value>>().await {
+                    tracing::debug!(error = %e, "affinity update failed");
+                }
+            }
+            for (_, done) in work.opened {
+                let _ = done.send(());
+            }
+            if all {
+                self.refresh_all(ex).await;
+            }
+        }
+    }
+
+    /// Rewrites every local connection's record, in pipelines of [`AFFINITY_BATCH`]: 20,000
+    /// connections are 10 round trips per `affinity_ttl / 3` (0.5 per second at the default TTL).
+    async fn refresh_all(&self, ex: Option<Expiration>) {
+        let Some(sink) = self.sink() else { return };
+        let node = self.opts.node.as_str();
+        for chunk in sink.local_connections().chunks(AFFINITY_BATCH) {
+            let pipeline = self.client.pipeline();
+            for id in chunk {
+                let _: Result<(), _> = pipeline
+                    .set(self.keys.conn(id.as_str()), node, ex.clone(), None, false)
+                    .await;
+            }
+            if let Err(e) = pipeline.all::<Vec<Value>>().await {
+                tracing::debug!(error = %e, "affinity refresh failed");
+                return;
+            }
+        }
+    }
+}

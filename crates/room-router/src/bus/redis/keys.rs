@@ -1,0 +1,25 @@
+//! Key and channel names, all prefixed by `cluster.name`.
+
+pub(super) struct Keys {
+    pub(super) prefix: String,
+}
+
+impl Keys {
+    // The room and node names are hash tags, so that in Redis Cluster a room's channel and
+    // keys stay on one shard while different rooms spread over all of them.
+    pub(super) fn room(&self, room: &str) -> String {
+        format!("{}:room:{{{}}}", self.prefix, room)
+    }
+    pub(super) fn node(&self, node: &str) -> String {
+        format!("{}:node:{{{}}}", self.prefix, node)
+    }
+    pub(super) fn conn(&self, id: &str) -> String {
+        format!("{}:conn:{}", self.prefix, id)
+    }
+    pub(super) fn nodes(&self) -> String {
+        format!("{}:nodes", self.prefix)
+    }
+    pub(super) fn nodeinfo(&self, node: &str) -> String {
+        format!("{}:nodeinfo:{}", self.prefix, node)
+    }
+}

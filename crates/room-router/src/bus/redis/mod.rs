@@ -1,0 +1,533 @@
+//! The Redis bus: many node processes, one Redis.
+//!
+//! - **Rooms**: a node subscribes to `{cluster}:room:{<room>}` while it has local members, in
+//!   batched SUBSCRIBE/UNSUBSCRIBE commands (one round trip per batch, whatever the churn), and
+//!   PUBLISHes each room envelope once, pipelined: Redis work per publish is one command plus
+//!   one delivery per node with members, never per member.
+//! - **Nodes**: each node listens on `{cluster}:node:{<node>}` for direct messages,
+//!   disconnects and queries, and registers in `{cluster}:nodes` (a sorted set scored by its
+//!   last heartbeat, the key itself expiring when no node is left) with its counts in
+//!   `{cluster}:nodeinfo:<node>`, which expires with its heartbeat: a dead node leaves nothing.
+//! - **Affinity**: `{cluster}:conn:<id>` → node, with a TTL, written before the welcome,
+//!   refreshed in pipelined batches, deleted on close.
+//! - **Redis down**: local delivery goes on; publishes to other nodes are dropped and counted
+//!   (at most once); the client reconnects with backoff and jitter, resubscribes every room, and
+//!   re-registers every local connection at once.
+//!
+//! # Layout
+//! [`url`] (URL forms), `keys` (names), `tls`, `reader` (incoming envelopes and queries),
+//! `pubsub` (publishing and room subscriptions), `affinity`, `nodes` (registry).
+//!
+//! In Redis Cluster mode every channel is a shard channel (SSUBSCRIBE/SPUBLISH): a room's
+//! messages travel through the shard that owns the room's hash slot only, so rooms spread
+//! over every shard instead of every message being broadcast cluster-wide.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use fred::clients::SubscriberClient;
+use fred::prelude::*;
+use parking_lot::Mutex;
+use protocol::{
+    ConnectionId, ConnectionInfo, Envelope, EnvelopeBody, NodeId, Query, Reply, RoomName,
+};
+use tokio::sync::{mpsc, oneshot, Notify};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::{BoxFuture, Bus, BusSink};
+use crate::error::BusError;
+use crate::router::{ConnectionView, NodeView, RoomPresence};
+
+/// Settings of a [`RedisBus`].
+#[derive(Debug, Clone)]
+pub struct RedisOptions {
+    /// A URL of one of the forms of SPEC section 2.
+    pub url: String,
+    /// The mode of `redis://` and `rediss://` URLs (`cluster.redis_mode`).
+    pub mode: RedisMode,
+    /// Prefix of every key and channel (`cluster.name`).
+    pub cluster: String,
+    /// This node.
+    pub node: NodeId,
+    /// TTL of affinity records (`cluster.affinity_ttl`).
+    pub affinity_ttl: Duration,
+    /// Interval of node heartbeats (`cluster.node_heartbeat`).
+    pub node_heartbeat: Duration,
+    /// PEM CA trusted for TLS (`cluster.redis_ca_file`); `None`: the system's roots.
+    pub ca_file: Option<std::path::PathBuf>,
+}
+
+mod affinity;
+mod keys;
+mod nodes;
+mod pubsub;
+mod reader;
+mod tls;
+pub mod url;
+
+pub use url::RedisMode;
+
+use affinity::{AffinityWork, AFFINITY_BATCH};
+use keys::Keys;
+use pubsub::Subscriptions;
+use reader::info_to_view;
+use tls::tls_connector;
+
+/// Room envelopes waiting to be published: bounded, so a slow Redis drops instead of growing.
+const PUBLISH_QUEUE: usize = 16_384;
+/// How long a query to another node may take.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the first connection may take before start-up fails.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+struct Inner {
+    opts: RedisOptions,
+    /// Redis Cluster: shard channels.
+    sharded: bool,
+    keys: Keys,
+    client: Client,
+    subscriber: SubscriberClient,
+    sink: OnceLock<Arc<dyn BusSink>>,
+    publish_tx: mpsc::Sender<(String, Bytes)>,
+    subs: Mutex<Subscriptions>,
+    subs_notify: Notify,
+    affinity: Mutex<AffinityWork>,
+    affinity_notify: Notify,
+    queries: DashMap<u64, oneshot::Sender<Reply>>,
+    next_query: AtomicU64,
+    malformed: AtomicU64,
+    dropped: AtomicU64,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+}
+
+/// The Redis implementation of [`Bus`].
+pub struct RedisBus {
+    inner: Arc<Inner>,
+}
+
+fn backend(e: fred::error::Error) -> BusError {
+    BusError::Backend(e.to_string())
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64
+}
+
+impl RedisBus {
+    /// Connects to Redis. Fails fast (a few seconds) on a wrong URL or an unreachable server;
+    /// once connected, losing Redis is survived.
+    pub async fn connect(opts: RedisOptions) -> Result<RedisBus, BusError> {
+        let target = url::parse(&opts.url, opts.mode)
+            .map_err(|e| BusError::Backend(format!("invalid redis URL: {e}")))?;
+        let sharded = target.mode == RedisMode::Cluster;
+        let mut config = target.fred_config();
+        if target.tls {
+            config.tls = Some(tls_connector(opts.ca_file.as_deref())?.into());
+        }
+        let mut builder = Builder::from_config(config);
+        // Backoff from 100 ms to 2 s with jitter, forever: Redis coming back is the normal case.
+        let mut policy = ReconnectPolicy::new_exponential(0, 100, 2_000, 2);
+        policy.set_jitter(100);
+        builder
+            .set_policy(policy)
+            .with_connection_config(|c| {
+                c.connection_timeout = Duration::from_secs(2);
+                c.internal_command_timeout = Duration::from_secs(2);
+                // Commands issued while disconnected fail rather than pile up.
+                c.max_command_buffer_len = 10_000;
+            })
+            .with_performance_config(|p| {
+                p.default_command_timeout = Duration::from_secs(2);
+                // fred preallocates every slot of its broadcast channels (several per client):
+                // a bounded burst buffer, not a backlog. A reader that falls further behind
+                // drops and counts (`dropped`).
+                p.broadcast_channel_capacity = 8_192;
+            });
+        let client = builder.build().map_err(backend)?;
+        let subscriber = builder.build_subscriber_client().map_err(backend)?;
+        for c in [&client as &dyn ClientLikeInit, &subscriber] {
+            match tokio::time::timeout(CONNECT_TIMEOUT, c.start()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(BusError::Backend(format!("connecting to redis: {e}"))),
+                Err(_) => {
+                    return Err(BusError::Backend(format!(
+                        "connecting to redis: no answer within {CONNECT_TIMEOUT:?}"
+                    )))
+                }
+            }
+        }
+        let (publish_tx, publish_rx) = mpsc::channel(PUBLISH_QUEUE);
+        let inner = Arc::new(Inner {
+            keys: Keys {
+                prefix: opts.cluster.clone(),
+            },
+            opts,
+            sharded,
+            client,
+            subscriber,
+            sink: OnceLock::new(),
+            publish_tx,
+            subs: Mutex::new(Subscriptions::default()),
+            subs_notify: Notify::new(),
+            affinity: Mutex::new(AffinityWork::default()),
+            affinity_notify: Notify::new(),
+            queries: DashMap::new(),
+            next_query: AtomicU64::new(1),
+            malformed: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            cancel: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+        });
+        // fred's own task: resubscribes every tracked channel after a reconnect. It ends when
+        // the subscriber quits (shutdown), so its handle is not kept.
+        drop(inner.subscriber.manage_subscriptions());
+        let own = inner.keys.node(inner.opts.node.as_str());
+        if sharded {
+            inner.subscriber.ssubscribe(own).await
+        } else {
+            inner.subscriber.subscribe(own).await
+        }
+        .map_err(backend)?;
+        let i = inner.clone();
+        inner.tasks.spawn(async move { i.run_reader().await });
+        let i = inner.clone();
+        inner
+            .tasks
+            .spawn(async move { i.run_publisher(publish_rx).await });
+        let i = inner.clone();
+        inner
+            .tasks
+            .spawn(async move { i.run_subscriptions().await });
+        let i = inner.clone();
+        inner.tasks.spawn(async move { i.run_affinity().await });
+        let i = inner.clone();
+        inner.tasks.spawn(async move { i.run_heartbeat().await });
+        // After a reconnect every local record must be written again at once: Redis may have
+        // come back empty.
+        // Connection failures (refused, TLS handshake, lost) are logged here; the reconnect
+        // policy retries them. Ends with the client.
+        for (which, errors) in [
+            ("client", inner.client.error_rx()),
+            ("subscriber", inner.subscriber.error_rx()),
+        ] {
+            let cancel = inner.cancel.clone();
+            inner.tasks.spawn(async move {
+                let mut errors = errors;
+                loop {
+                    tokio::select! {
+                        () = cancel.cancelled() => return,
+                        e = errors.recv() => match e {
+                            Ok((error, server)) => tracing::warn!(connection = which, server = ?server, %error, "redis connection error; reconnecting"),
+                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                            Err(_) => return,
+                        },
+                    }
+                }
+            });
+        }
+        // Ends with the client, like the subscription task above.
+        let i = inner.clone();
+        drop(inner.client.on_reconnect(move |_| {
+            let i = i.clone();
+            async move {
+                i.affinity.lock().refresh_all = true;
+                i.affinity_notify.notify_one();
+                Ok(())
+            }
+        }));
+        Ok(RedisBus { inner })
+    }
+
+    /// Envelopes from other nodes that could not be read (counted, logged, dropped).
+    pub fn malformed(&self) -> u64 {
+        self.inner.malformed.load(Ordering::Relaxed)
+    }
+
+    /// Room envelopes dropped because Redis was down or slow.
+    pub fn dropped(&self) -> u64 {
+        self.inner.dropped.load(Ordering::Relaxed)
+    }
+}
+
+/// `init` on either client kind, so both start the same way.
+trait ClientLikeInit: Sync {
+    fn start(&self) -> BoxFuture<'_, Result<(), fred::error::Error>>;
+}
+
+impl ClientLikeInit for Client {
+    fn start(&self) -> BoxFuture<'_, Result<(), fred::error::Error>> {
+        Box::pin(async move { self.init().await.map(|_| ()) })
+    }
+}
+
+impl ClientLikeInit for SubscriberClient {
+    fn start(&self) -> BoxFuture<'_, Result<(), fred::error::Error>> {
+        Box::pin(async move { self.init().await.map(|_| ()) })
+    }
+}
+
+impl Inner {
+    fn sink(&self) -> Option<&Arc<dyn BusSink>> {
+        self.sink.get()
+    }
+
+    /// PUBLISH, or SPUBLISH in Redis Cluster; the number of subscribers that received it.
+    async fn publish_to(
+        &self,
+        channel: String,
+        payload: Vec<u8>,
+    ) -> Result<i64, fred::error::Error> {
+        if self.sharded {
+            self.client.spublish(channel, payload).await
+        } else {
+            self.client.publish(channel, payload).await
+        }
+    }
+
+    fn up(&self) -> bool {
+        self.client.is_connected() && self.subscriber.is_connected()
+    }
+
+    async fn query(&self, node: &NodeId, query: Query) -> Result<Option<Reply>, BusError> {
+        let id = self.next_query.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.queries.insert(id, tx);
+        let envelope = Envelope {
+            origin: self.opts.node.clone(),
+            body: EnvelopeBody::Query {
+                id,
+                reply_to: self.opts.node.clone(),
+                query,
+            },
+            traceparent: None,
+        };
+        let receivers: i64 = self
+            .publish_to(self.keys.node(node.as_str()), envelope.encode())
+            .await
+            .map_err(|e| {
+                self.queries.remove(&id);
+                backend(e)
+            })?;
+        if receivers == 0 {
+            self.queries.remove(&id);
+            return Ok(None);
+        }
+        let reply = tokio::time::timeout(QUERY_TIMEOUT, rx).await;
+        self.queries.remove(&id);
+        Ok(reply.ok().and_then(Result::ok))
+    }
+}
+
+impl Bus for RedisBus {
+    fn attach(&self, sink: Arc<dyn BusSink>) {
+        let _ = self.inner.sink.set(sink);
+    }
+
+    fn subscribe(&self, room: &RoomName) {
+        let mut st = self.inner.subs.lock();
+        st.wanted.insert(room.clone());
+        st.dirty.insert(room.clone());
+        drop(st);
+        self.inner.subs_notify.notify_one();
+    }
+
+    fn unsubscribe(&self, room: &RoomName) {
+        let mut st = self.inner.subs.lock();
+        st.wanted.remove(room);
+        st.dirty.insert(room.clone());
+        drop(st);
+        self.inner.subs_notify.notify_one();
+    }
+
+    fn publish(&self, envelope: Envelope) -> Result<(), BusError> {
+        let EnvelopeBody::Room { room, .. } = &envelope.body else {
+            return Ok(());
+        };
+        let channel = self.inner.keys.room(room.as_str());
+        self.inner
+            .publish_tx
+            .try_send((channel, Bytes::from(envelope.encode())))
+            .map_err(|_| {
+                self.inner.dropped.fetch_add(1, Ordering::Relaxed);
+                BusError::Overloaded
+            })
+    }
+
+    fn connection_opened<'a>(&'a self, id: &'a ConnectionId) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            if !self.inner.up() {
+                // Written by the re-registration when Redis is back.
+                return;
+            }
+            let (tx, rx) = oneshot::channel();
+            self.inner.affinity.lock().opened.push((id.clone(), tx));
+            self.inner.affinity_notify.notify_one();
+            let _ = tokio::time::timeout(Duration::from_secs(2), rx).await;
+        })
+    }
+
+    fn connection_closed(&self, id: &ConnectionId) {
+        self.inner.affinity.lock().closed.push(id.clone());
+        self.inner.affinity_notify.notify_one();
+    }
+
+    fn route_to_connection<'a>(
+        &'a self,
+        to: &'a ConnectionId,
+        envelope: Envelope,
+    ) -> BoxFuture<'a, Result<bool, BusError>> {
+        Box::pin(async move {
+            let node: Option<String> = self
+                .inner
+                .client
+                .get(self.inner.keys.conn(to.as_str()))
+                .await
+                .map_err(backend)?;
+            let Some(node) = node else { return Ok(false) };
+            let receivers: i64 = self
+                .inner
+                .publish_to(self.inner.keys.node(&node), envelope.encode())
+                .await
+                .map_err(backend)?;
+            Ok(receivers > 0)
+        })
+    }
+
+    fn remote_connection<'a>(
+        &'a self,
+        id: &'a ConnectionId,
+    ) -> BoxFuture<'a, Result<Option<ConnectionView>, BusError>> {
+        Box::pin(async move {
+            let node: Option<String> = self
+                .inner
+                .client
+                .get(self.inner.keys.conn(id.as_str()))
+                .await
+                .map_err(backend)?;
+            let Some(node) = node else { return Ok(None) };
+            if node == self.inner.opts.node.as_str() {
+                return Ok(None);
+            }
+            match self
+                .inner
+                .query(&NodeId::new(node), Query::Connection(id.to_string()))
+                .await?
+            {
+                Some(Reply::Connection(info)) => Ok(info.map(info_to_view)),
+                _ => Ok(None),
+            }
+        })
+    }
+
+    fn remote_room<'a>(
+        &'a self,
+        room: &'a RoomName,
+        with_ids: bool,
+    ) -> BoxFuture<'a, Result<RoomPresence, BusError>> {
+        Box::pin(async move {
+            let nodes = self.inner.live_nodes().await?;
+            let asks = nodes
+                .iter()
+                .filter(|(n, _)| *n != self.inner.opts.node)
+                .map(|(n, _)| {
+                    self.inner.query(
+                        n,
+                        Query::Room {
+                            room: room.to_string(),
+                            ids: with_ids,
+                        },
+                    )
+                });
+            let mut presence = RoomPresence::default();
+            for reply in futures_util::future::join_all(asks).await {
+                if let Ok(Some(Reply::Room { count, ids })) = reply {
+                    presence.count += count as usize;
+                    presence
+                        .ids
+                        .extend(ids.into_iter().map(ConnectionId::from_string));
+                }
+            }
+            Ok(presence)
+        })
+    }
+
+    fn remote_nodes(&self) -> BoxFuture<'_, Result<Vec<NodeView>, BusError>> {
+        Box::pin(async move {
+            let nodes = self.inner.live_nodes().await?;
+            let others: Vec<_> = nodes
+                .into_iter()
+                .filter(|(n, _)| *n != self.inner.opts.node)
+                .collect();
+            if others.is_empty() {
+                return Ok(Vec::new());
+            }
+            // One GET per node in one pipeline (no MGET: in Redis Cluster the keys live on
+            // different shards).
+            let pipeline = self.inner.client.pipeline();
+            for (n, _) in &others {
+                let _: Result<(), _> = pipeline.get(self.inner.keys.nodeinfo(n.as_str())).await;
+            }
+            let infos: Vec<Option<String>> = pipeline.all().await.map_err(backend)?;
+            Ok(others
+                .into_iter()
+                .zip(infos)
+                .map(|((id, seen_ms), info)| {
+                    let (connections, rooms) = info
+                        .as_deref()
+                        .and_then(|i| i.split_once(','))
+                        .map(|(c, r)| (c.parse().unwrap_or(0), r.parse().unwrap_or(0)))
+                        .unwrap_or((0, 0));
+                    NodeView {
+                        id,
+                        connections,
+                        rooms,
+                        last_seen: UNIX_EPOCH + Duration::from_millis(seen_ms),
+                    }
+                })
+                .collect())
+        })
+    }
+
+    fn is_up(&self) -> bool {
+        self.inner.up()
+    }
+
+    fn shutdown(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let inner = &self.inner;
+            inner.cancel.cancel();
+            inner.tasks.close();
+            let _ = tokio::time::timeout(Duration::from_secs(2), inner.tasks.wait()).await;
+            // Every record this node wrote: connections still open, and closes the stopped
+            // affinity task had not sent yet. One DEL per key, pipelined (keys of a Redis
+            // Cluster live on different shards).
+            let work = std::mem::take(&mut *inner.affinity.lock());
+            let mut ids: Vec<ConnectionId> = work.closed;
+            ids.extend(work.opened.into_iter().map(|(id, _)| id));
+            if let Some(sink) = inner.sink() {
+                ids.extend(sink.local_connections());
+            }
+            for chunk in ids.chunks(AFFINITY_BATCH) {
+                let pipeline = inner.client.pipeline();
+                for id in chunk {
+                    let _: Result<(), _> = pipeline.del(inner.keys.conn(id.as_str())).await;
+                }
+                let _ = pipeline.all::<Vec<Value>>().await;
+            }
+            let node = inner.opts.node.as_str();
+            let _: Result<i64, _> = inner.client.zrem(inner.keys.nodes(), node).await;
+            let _: Result<i64, _> = inner.client.del(inner.keys.nodeinfo(node)).await;
+            let _ = inner.subscriber.quit().await;
+            let _ = inner.client.quit().await;
+        })
+    }
+}

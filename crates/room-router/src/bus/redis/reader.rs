@@ -1,0 +1,122 @@
+//! Incoming envelopes: room and direct deliveries, queries from other nodes and their
+//! replies; malformed ones are counted, logged once per interval and dropped.
+
+use super::*;
+
+pub(super) fn view_to_info(v: ConnectionView) -> ConnectionInfo {
+    let ms = |t: SystemTime| t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+    ConnectionInfo {
+        id: v.id.to_string(),
+        node: v.node.to_string(),
+        connected_at_ms: ms(v.connected_at),
+        last_active_ms: ms(v.last_active),
+        source_ip: v.source_ip,
+        sub: v.sub,
+        rooms: v.rooms.iter().map(|r| r.to_string()).collect(),
+    }
+}
+
+pub(super) fn info_to_view(i: ConnectionInfo) -> ConnectionView {
+    let at = |ms: u64| UNIX_EPOCH + Duration::from_millis(ms);
+    ConnectionView {
+        id: ConnectionId::from_string(i.id),
+        node: NodeId::new(i.node),
+        connected_at: at(i.connected_at_ms),
+        last_active: at(i.last_active_ms),
+        source_ip: i.source_ip,
+        sub: i.sub,
+        rooms: i
+            .rooms
+            .iter()
+            .filter_map(|r| RoomName::parse(r).ok())
+            .collect(),
+    }
+}
+
+impl Inner {
+    pub(super) async fn run_reader(self: Arc<Self>) {
+        let mut rx = self.subscriber.message_rx();
+        let mut last_log = std::time::Instant::now() - Duration::from_secs(60);
+        loop {
+            let msg = tokio::select! {
+                () = self.cancel.cancelled() => return,
+                m = rx.recv() => m,
+            };
+            let msg = match msg {
+                Ok(m) => m,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    self.dropped.fetch_add(n, Ordering::Relaxed);
+                    tracing::warn!(lost = n, "redis bus reader lagged: messages dropped");
+                    continue;
+                }
+                Err(_) => return,
+            };
+            let Some(bytes) = msg.value.as_bytes() else {
+                continue;
+            };
+            let envelope = match Envelope::decode(bytes) {
+                Ok(e) => e,
+                Err(e) => {
+                    let n = self.malformed.fetch_add(1, Ordering::Relaxed) + 1;
+                    if last_log.elapsed() >= Duration::from_secs(10) {
+                        last_log = std::time::Instant::now();
+                        tracing::warn!(channel = %msg.channel, error = %e, total = n, "malformed envelope dropped");
+                    }
+                    continue;
+                }
+            };
+            self.dispatch(envelope).await;
+        }
+    }
+
+    async fn dispatch(&self, envelope: Envelope) {
+        let Some(sink) = self.sink() else { return };
+        match envelope.body {
+            EnvelopeBody::Room { .. } if envelope.origin == self.opts.node => {
+                // Our own publish: local members already have it.
+            }
+            EnvelopeBody::Query {
+                id,
+                reply_to,
+                query,
+            } => {
+                let reply = match query {
+                    Query::Connection(c) => Reply::Connection(
+                        sink.connection_view(&ConnectionId::from_string(c))
+                            .map(view_to_info),
+                    ),
+                    Query::Room { room, ids } => match RoomName::parse(&room) {
+                        Ok(room) => {
+                            let members = sink.room_members(&room);
+                            Reply::Room {
+                                count: members.len() as u64,
+                                ids: if ids {
+                                    members.iter().map(|m| m.to_string()).collect()
+                                } else {
+                                    Vec::new()
+                                },
+                            }
+                        }
+                        Err(_) => Reply::Room {
+                            count: 0,
+                            ids: Vec::new(),
+                        },
+                    },
+                };
+                let answer = Envelope {
+                    origin: self.opts.node.clone(),
+                    body: EnvelopeBody::Reply { id, reply },
+                    traceparent: None,
+                };
+                let channel = self.keys.node(reply_to.as_str());
+                let _ = self.publish_to(channel, answer.encode()).await;
+            }
+            EnvelopeBody::Reply { id, reply } => {
+                if let Some((_, tx)) = self.queries.remove(&id) {
+                    let _ = tx.send(reply);
+                }
+            }
+            _ => sink.deliver(envelope),
+        }
+    }
+}

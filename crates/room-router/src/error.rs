@@ -1,0 +1,48 @@
+//! Errors of router calls. Each maps to one wire error code in the node.
+
+/// A failed join or publish.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouterError {
+    /// Over `limits.rooms_per_connection`.
+    #[error("a connection may be in at most {0} rooms")]
+    RoomLimit(usize),
+    /// Encoded for some recipient, the message would exceed `limits.max_message_bytes`.
+    #[error("message would be {size} bytes once encoded, over the limit of {limit}")]
+    TooLarge {
+        /// Largest encoded size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The payload could not be encoded (it is not what its encoding claims).
+    #[error("message cannot be encoded: {0}")]
+    Unencodable(String),
+}
+
+/// A failed `send`, `@connections` post or disconnect.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// No node holds the connection.
+    #[error("connection {0} does not exist")]
+    NotFound(String),
+    /// The message is too large or unencodable.
+    #[error(transparent)]
+    Router(#[from] RouterError),
+    /// The cluster bus could not be asked (Redis down).
+    #[error("cluster unavailable: {0}")]
+    Unavailable(#[from] BusError),
+}
+
+/// The cluster bus failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BusError {
+    /// Not connected to the cluster right now.
+    #[error("the cluster bus is not connected")]
+    Down,
+    /// The bus's bounded outgoing queue is full; the message was dropped.
+    #[error("the cluster bus is overloaded")]
+    Overloaded,
+    /// The backend answered with an error.
+    #[error("cluster backend error: {0}")]
+    Backend(String),
+}

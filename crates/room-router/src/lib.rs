@@ -1,0 +1,24 @@
+//! wsgate's routing core: which connections a node holds, which rooms they are in, and how a
+//! message reaches them, locally and through the cluster bus. No HTTP, no WebSocket: the node
+//! binary wires sockets to the [`Router`].
+//!
+//! # Layout
+//! - [`outbound`]: direct socket writes with a bounded per-connection queue behind them.
+//! - [`registry`]: connection id → connection handle, on this node.
+//! - [`rooms`]: room membership on this node and local fan-out, encoding once per encoding.
+//! - [`bus`]: the [`Bus`](bus::Bus) trait between nodes, with [`LocalBus`](bus::local::LocalBus)
+//!   (in-process) — the Redis implementation plugs in behind the same trait.
+//! - [`router`]: the [`Router`] façade the sessions and the management API call.
+//! - [`error`]: the errors of those calls.
+
+pub mod bus;
+pub mod error;
+pub mod outbound;
+pub mod registry;
+pub mod rooms;
+pub mod router;
+
+pub use error::{RouterError, SendError};
+pub use outbound::{unframed, Flush, Framer, Outbound, PushError, Queued, Transport};
+pub use registry::{ConnHandle, ConnInfo, SessionKind};
+pub use router::{ConnectionView, NodeView, PublishReceipt, Router, RouterOptions};

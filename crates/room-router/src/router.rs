@@ -1,0 +1,463 @@
+//! The façade sessions and the management API call: registration, membership, publishing,
+//! direct messages and cluster-wide views, over local state plus the bus.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use protocol::{
+    CloseCode, ConnectionId, Envelope, EnvelopeBody, NodeId, Payload, RoomName, ServerFrame,
+};
+
+use crate::bus::{Bus, BusSink};
+use crate::error::{BusError, RouterError, SendError};
+use crate::outbound::Framer;
+use crate::registry::{ConnHandle, Registry};
+use crate::rooms::{Encodings, Rooms};
+
+/// Limits the router enforces.
+#[derive(Debug, Clone)]
+pub struct RouterOptions {
+    /// `limits.rooms_per_connection`.
+    pub rooms_per_connection: usize,
+    /// `limits.max_message_bytes`: no delivery is encoded larger than this.
+    pub max_message_bytes: usize,
+    /// Wraps each encoding of a message for the socket, once per broadcast.
+    pub framer: Framer,
+}
+
+/// A connection as the management API shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConnectionView {
+    /// Its id.
+    pub id: ConnectionId,
+    /// The node holding it.
+    pub node: NodeId,
+    /// When it connected.
+    pub connected_at: SystemTime,
+    /// When it last sent a message.
+    pub last_active: SystemTime,
+    /// Peer address.
+    pub source_ip: String,
+    /// Token subject.
+    pub sub: Option<String>,
+    /// Rooms it is in.
+    pub rooms: Vec<RoomName>,
+}
+
+/// A node as `GET /cluster` shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeView {
+    /// Its id.
+    pub id: NodeId,
+    /// Connections it holds.
+    pub connections: usize,
+    /// Rooms with members on it.
+    pub rooms: usize,
+    /// Its last heartbeat.
+    pub last_seen: SystemTime,
+}
+
+/// Members of a room.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RoomPresence {
+    /// How many.
+    pub count: usize,
+    /// Who, when asked for.
+    pub ids: Vec<ConnectionId>,
+}
+
+/// What a publish returns to its caller.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PublishReceipt {
+    /// Offset in a retained room (history comes with a later issue: always `None` now).
+    pub offset: Option<u64>,
+    /// Local members the message was queued for.
+    pub local_deliveries: usize,
+}
+
+/// Counters the node exports as metrics.
+#[derive(Debug, Default)]
+pub struct RouterStats {
+    /// Connections closed with 1013 because their queue was full.
+    pub slow_consumer_closes: AtomicU64,
+}
+
+/// This node's local state; also the bus's [`BusSink`].
+struct LocalNode {
+    node: NodeId,
+    framer: Framer,
+    registry: Registry,
+    rooms: Rooms,
+    stats: RouterStats,
+}
+
+impl LocalNode {
+    fn fanout(
+        &self,
+        room: &RoomName,
+        frame: &mut Encodings<'_>,
+        exclude: Option<&ConnectionId>,
+        since: Instant,
+    ) -> usize {
+        // Only a local connection can be a local member to skip.
+        let exclude = exclude.and_then(|id| self.registry.get(id.as_str()));
+        let out = self.rooms.fanout(room, frame, exclude.as_deref(), since);
+        if out.slow_consumers > 0 {
+            self.stats
+                .slow_consumer_closes
+                .fetch_add(out.slow_consumers as u64, Ordering::Relaxed);
+        }
+        out.queued
+    }
+
+    fn push_direct(
+        &self,
+        conn: &ConnHandle,
+        frame: &ServerFrame,
+        max: usize,
+    ) -> Result<(), RouterError> {
+        let encoded = frame
+            .encode(conn.encoding)
+            .map_err(|e| RouterError::Unencodable(e.to_string()))?;
+        if encoded.len() > max {
+            return Err(RouterError::TooLarge {
+                size: encoded.len(),
+                limit: max,
+            });
+        }
+        let wire = (self.framer)(&encoded);
+        if conn.outbound.push(&wire, Some(Instant::now())) == Err(crate::PushError::Full) {
+            self.stats
+                .slow_consumer_closes
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    fn view(&self, conn: &ConnHandle) -> ConnectionView {
+        ConnectionView {
+            id: conn.id.clone(),
+            node: self.node.clone(),
+            connected_at: conn.info.connected_at,
+            last_active: conn.last_active(),
+            source_ip: conn.info.source_ip.to_string(),
+            sub: conn.info.sub.clone(),
+            rooms: conn.rooms(),
+        }
+    }
+}
+
+impl BusSink for LocalNode {
+    fn deliver(&self, envelope: Envelope) {
+        let since = Instant::now();
+        match envelope.body {
+            EnvelopeBody::Room {
+                room,
+                from,
+                exclude,
+                data,
+                offset,
+                epoch,
+            } => {
+                let frame = ServerFrame::Message {
+                    room: room.clone(),
+                    data,
+                    from,
+                    offset,
+                    epoch,
+                };
+                self.fanout(
+                    &room,
+                    &mut Encodings::new(&frame, self.framer),
+                    exclude.as_ref(),
+                    since,
+                );
+            }
+            EnvelopeBody::Direct { to, from, data } => {
+                if let Some(conn) = self.registry.get(to.as_str()) {
+                    let frame = ServerFrame::Direct { from, data };
+                    // The sending node checked the size for both encodings already.
+                    let _ = self.push_direct(&conn, &frame, usize::MAX);
+                }
+            }
+            EnvelopeBody::Disconnect { to, code } => {
+                if let Some(conn) = self.registry.get(to.as_str()) {
+                    conn.outbound.close(CloseCode(code));
+                }
+            }
+            // Queries and replies are the bus's own business.
+            EnvelopeBody::Query { .. } | EnvelopeBody::Reply { .. } => {}
+        }
+    }
+
+    fn connection_view(&self, id: &ConnectionId) -> Option<ConnectionView> {
+        self.registry.get(id.as_str()).map(|c| self.view(&c))
+    }
+
+    fn room_members(&self, room: &RoomName) -> Vec<ConnectionId> {
+        self.rooms.members(room.as_str())
+    }
+
+    fn node_view(&self) -> NodeView {
+        NodeView {
+            id: self.node.clone(),
+            connections: self.registry.len(),
+            rooms: self.rooms.len(),
+            last_seen: SystemTime::now(),
+        }
+    }
+
+    fn local_connections(&self) -> Vec<ConnectionId> {
+        self.registry
+            .snapshot()
+            .into_iter()
+            .map(|c| c.id.clone())
+            .collect()
+    }
+}
+
+/// Routes messages between this node's connections and the cluster.
+pub struct Router {
+    local: Arc<LocalNode>,
+    bus: Arc<dyn Bus>,
+    options: RouterOptions,
+}
+
+impl Router {
+    /// A router for node `node`, attached to `bus`.
+    pub fn new(node: NodeId, bus: Arc<dyn Bus>, options: RouterOptions) -> Arc<Router> {
+        let local = Arc::new(LocalNode {
+            node,
+            framer: options.framer,
+            registry: Registry::default(),
+            rooms: Rooms::default(),
+            stats: RouterStats::default(),
+        });
+        bus.attach(local.clone());
+        Arc::new(Router {
+            local,
+            bus,
+            options,
+        })
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> &NodeId {
+        &self.local.node
+    }
+
+    /// The bus, for its health (`is_up`) and shutdown.
+    pub fn bus(&self) -> &Arc<dyn Bus> {
+        &self.bus
+    }
+
+    /// Counters for metrics.
+    pub fn stats(&self) -> &RouterStats {
+        &self.local.stats
+    }
+
+    /// The options in force.
+    pub fn options(&self) -> &RouterOptions {
+        &self.options
+    }
+
+    /// Makes a connection reachable (registry and affinity). Await it before the welcome.
+    pub async fn register(&self, conn: Arc<ConnHandle>) {
+        let id = conn.id.clone();
+        self.local.registry.insert(conn);
+        self.bus.connection_opened(&id).await;
+    }
+
+    /// Removes a connection from every room, the registry and the affinity records.
+    pub fn unregister(&self, conn: &ConnHandle) {
+        for room in conn.take_rooms() {
+            if self.local.rooms.leave(&room, &conn.id) {
+                self.bus.unsubscribe(&room);
+            }
+        }
+        self.local.registry.remove(&conn.id);
+        self.bus.connection_closed(&conn.id);
+    }
+
+    /// A local connection.
+    pub fn local_connection(&self, id: &str) -> Option<Arc<ConnHandle>> {
+        self.local.registry.get(id)
+    }
+
+    /// Every local connection (drain, `/sessions`).
+    pub fn local_connections(&self) -> Vec<Arc<ConnHandle>> {
+        self.local.registry.snapshot()
+    }
+
+    /// Number of local connections.
+    pub fn connection_count(&self) -> usize {
+        self.local.registry.len()
+    }
+
+    /// Number of rooms with local members.
+    pub fn room_count(&self) -> usize {
+        self.local.rooms.len()
+    }
+
+    /// Adds the connection to a room. Joining a room twice is a no-op.
+    pub fn join(&self, conn: &Arc<ConnHandle>, room: &RoomName) -> Result<(), RouterError> {
+        match conn.add_room(room, self.options.rooms_per_connection) {
+            Err(()) => Err(RouterError::RoomLimit(self.options.rooms_per_connection)),
+            Ok(false) => Ok(()),
+            Ok(true) => {
+                if self.local.rooms.join(room, conn) {
+                    self.bus.subscribe(room);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Removes the connection from a room; false when it was not a member.
+    pub fn leave(&self, conn: &ConnHandle, room: &RoomName) -> bool {
+        if !conn.remove_room(room) {
+            return false;
+        }
+        if self.local.rooms.leave(room, &conn.id) {
+            self.bus.unsubscribe(room);
+        }
+        true
+    }
+
+    /// Delivers `data` to every member of `room` on every node: local members at once, other
+    /// nodes through the bus. `from` is the publishing connection (`None`: management API).
+    pub fn publish(
+        &self,
+        room: &RoomName,
+        data: Payload,
+        from: Option<&ConnectionId>,
+        exclude_self: bool,
+    ) -> Result<PublishReceipt, RouterError> {
+        let since = Instant::now();
+        let frame = ServerFrame::Message {
+            room: room.clone(),
+            data,
+            from: from.cloned(),
+            offset: None,
+            epoch: None,
+        };
+        let mut encodings = Encodings::new(&frame, self.options.framer);
+        // Any node may hold a member of either encoding, so both must fit.
+        let size = encodings
+            .max_len()
+            .map_err(|e| RouterError::Unencodable(e.to_string()))?;
+        if size > self.options.max_message_bytes {
+            return Err(RouterError::TooLarge {
+                size,
+                limit: self.options.max_message_bytes,
+            });
+        }
+        let exclude = if exclude_self { from } else { None };
+        let local_deliveries = self.local.fanout(room, &mut encodings, exclude, since);
+        let ServerFrame::Message { data, from, .. } = frame else {
+            unreachable!("built as a message above")
+        };
+        let envelope = Envelope {
+            origin: self.local.node.clone(),
+            body: EnvelopeBody::Room {
+                room: room.clone(),
+                from,
+                exclude: exclude.cloned(),
+                data,
+                offset: None,
+                epoch: None,
+            },
+            traceparent: None,
+        };
+        // Delivery to other nodes is at most once: a bus that cannot take the envelope drops
+        // it and counts the drop itself.
+        let _ = self.bus.publish(envelope);
+        Ok(PublishReceipt {
+            offset: None,
+            local_deliveries,
+        })
+    }
+
+    /// Delivers `data` as a `direct` frame to one connection, on whichever node holds it.
+    pub async fn send(
+        &self,
+        to: &ConnectionId,
+        data: Payload,
+        from: Option<ConnectionId>,
+    ) -> Result<(), SendError> {
+        let frame = ServerFrame::Direct { from, data };
+        let max = self.options.max_message_bytes;
+        if let Some(conn) = self.local.registry.get(to.as_str()) {
+            return Ok(self.local.push_direct(&conn, &frame, max)?);
+        }
+        let size = Encodings::new(&frame, self.options.framer)
+            .max_len()
+            .map_err(|e| RouterError::Unencodable(e.to_string()))?;
+        if size > max {
+            return Err(RouterError::TooLarge { size, limit: max }.into());
+        }
+        let ServerFrame::Direct { from, data } = frame else {
+            unreachable!("built as a direct frame above")
+        };
+        let envelope = Envelope {
+            origin: self.local.node.clone(),
+            body: EnvelopeBody::Direct {
+                to: to.clone(),
+                from,
+                data,
+            },
+            traceparent: None,
+        };
+        match self.bus.route_to_connection(to, envelope).await? {
+            true => Ok(()),
+            false => Err(SendError::NotFound(to.to_string())),
+        }
+    }
+
+    /// Closes a connection with `code`, on whichever node holds it.
+    pub async fn disconnect(&self, id: &ConnectionId, code: CloseCode) -> Result<(), SendError> {
+        if let Some(conn) = self.local.registry.get(id.as_str()) {
+            conn.outbound.close(code);
+            return Ok(());
+        }
+        let envelope = Envelope {
+            origin: self.local.node.clone(),
+            body: EnvelopeBody::Disconnect {
+                to: id.clone(),
+                code: code.as_u16(),
+            },
+            traceparent: None,
+        };
+        match self.bus.route_to_connection(id, envelope).await? {
+            true => Ok(()),
+            false => Err(SendError::NotFound(id.to_string())),
+        }
+    }
+
+    /// A connection's view, wherever it lives; `None` when no node holds it.
+    pub async fn connection(&self, id: &ConnectionId) -> Result<Option<ConnectionView>, BusError> {
+        if let Some(view) = self.local.connection_view(id) {
+            return Ok(Some(view));
+        }
+        self.bus.remote_connection(id).await
+    }
+
+    /// Members of a room across the cluster.
+    pub async fn room(&self, room: &RoomName, with_ids: bool) -> Result<RoomPresence, BusError> {
+        let mut presence = self.bus.remote_room(room, with_ids).await?;
+        let local = self.local.rooms.members(room.as_str());
+        presence.count += local.len();
+        if with_ids {
+            presence.ids.extend(local);
+        }
+        Ok(presence)
+    }
+
+    /// Every live node, this one first.
+    pub async fn nodes(&self) -> Result<Vec<NodeView>, BusError> {
+        let mut nodes = vec![self.local.node_view()];
+        nodes.extend(self.bus.remote_nodes().await?);
+        Ok(nodes)
+    }
+}

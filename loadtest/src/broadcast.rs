@@ -1,0 +1,369 @@
+//! Scenario `broadcast`: members in one room, publishers at a fixed total rate.
+//!
+//! Members live in the worker processes; the publishers live here, so the parent owns the
+//! clock that spaces publishes and the window over which the node's CPU is read.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::cli::BroadcastArgs;
+use crate::client::{self, Target, Ws};
+use crate::report::{self, ms, round, Outcome};
+use crate::worker::now_ns;
+use crate::{procstat, redis_stats};
+
+/// The publish frame for sequence `seq` (request id `seq + 1`): `data` is
+/// `{"seq":N,"t":SEND_NS,"pad":"xx…"}`, padded to about `size` bytes.
+pub fn publish_frame(room: &str, seq: u64, sent_ns: u64, size: usize) -> String {
+    let head = format!(r#"{{"seq":{seq},"t":{sent_ns},"pad":""#);
+    let pad = size.saturating_sub(head.len() + 2);
+    let room = serde_json::Value::from(room);
+    format!(
+        r#"{{"action":"publish","room":{room},"id":{},"exclude_self":true,"data":{head}{}"}}}}"#,
+        seq + 1,
+        "x".repeat(pad)
+    )
+}
+
+/// When publish `seq` is due, from the start of publishing: an absolute schedule, so a late
+/// send does not shift the ones after it (and latency is measured from the real send time).
+pub fn due(seq: u64, rate: u32) -> Duration {
+    Duration::from_secs_f64(seq as f64 / f64::from(rate.max(1)))
+}
+
+/// What the publishers' connections answered.
+#[derive(Default)]
+struct Answers {
+    acks: AtomicU64,
+    errors: AtomicU64,
+    first_error: Mutex<Option<String>>,
+}
+
+impl Answers {
+    fn note_error(&self, e: String) {
+        let mut first = self.first_error.lock().unwrap_or_else(|p| p.into_inner());
+        first.get_or_insert(e);
+    }
+}
+
+/// Reads a publisher's connection (so pings are answered) and counts acks and errors.
+async fn drain(mut stream: SplitStream<Ws>, answers: Arc<Answers>) {
+    while let Some(msg) = stream.next().await {
+        match msg {
+            Ok(Message::Text(t)) => match client::answer(&t) {
+                Some((_, Ok(()))) => {
+                    answers.acks.fetch_add(1, Ordering::Relaxed);
+                }
+                Some((_, Err(e))) => {
+                    answers.errors.fetch_add(1, Ordering::Relaxed);
+                    answers.note_error(e);
+                }
+                None => {}
+            },
+            Ok(Message::Close(c)) => return answers.note_error(format!("publisher closed: {c:?}")),
+            Ok(_) => {}
+            Err(e) => return answers.note_error(format!("publisher read error: {e}")),
+        }
+    }
+}
+
+/// Runs the scenario.
+pub async fn run(args: BroadcastArgs) -> anyhow::Result<()> {
+    let deadline = Instant::now() + args.timeout();
+    let common = &args.common;
+    let pids = &common.node_pids;
+    let pub_url = args
+        .publisher_url
+        .clone()
+        .unwrap_or_else(|| common.urls[0].clone());
+    let pub_target = Target::resolve(&pub_url, common.token.as_deref()).await?;
+    let requested = args.members as usize;
+    let (workers, ready) = report::start(common, requested, Some(&args.room), deadline).await?;
+    if ready.connected == 0 {
+        anyhow::bail!("no member connected: {}", ready.error.unwrap_or_default());
+    }
+
+    let n_pub = args.publishers() as usize;
+    let answers = Arc::new(Answers::default());
+    let mut sinks: Vec<SplitSink<Ws, Message>> = Vec::new();
+    let mut drains = Vec::new();
+    for p in 0..n_pub {
+        // Source addresses far from the members' (they start at index 0).
+        let (ws, _) = client::connect(&pub_target, usize::MAX / 2 + p)
+            .await
+            .context("opening a publisher connection")?;
+        let (sink, stream) = ws.split();
+        drains.push(tokio::spawn(drain(stream, answers.clone())));
+        sinks.push(sink);
+    }
+
+    let redis_before = match &args.redis_url {
+        Some(u) => Some(redis_stats::commandstats(u).await?),
+        None => None,
+    };
+    let planned = (f64::from(args.rate) * args.duration.as_secs_f64()).round() as u64;
+    // Publishing stops early when the run would not otherwise end (with its grace) in time.
+    let publish_until = deadline
+        .checked_sub(args.grace)
+        .unwrap_or_else(Instant::now);
+    let mut timed_out = false;
+    let mut publisher_failure = None;
+    let mut late_max = Duration::ZERO;
+    let pb = report::bar(planned, "publishing");
+    let cpu_before = procstat::cpu_total(pids)?;
+    let start = Instant::now();
+    let mut sent = 0u64;
+    for seq in 0..planned {
+        let at = start + due(seq, args.rate);
+        if at > publish_until {
+            timed_out = true;
+            break;
+        }
+        tokio::time::sleep_until(at.into()).await;
+        late_max = late_max.max(at.elapsed());
+        let frame = publish_frame(&args.room, seq, now_ns(), args.size);
+        let sink = &mut sinks[seq as usize % n_pub];
+        match tokio::time::timeout_at(publish_until.into(), sink.send(Message::text(frame))).await {
+            Ok(Ok(())) => sent += 1,
+            Ok(Err(e)) => {
+                publisher_failure = Some(format!("publisher connection failed: {e}"));
+                break;
+            }
+            Err(_) => {
+                timed_out = true;
+                break;
+            }
+        }
+        pb.set_position(sent);
+    }
+    pb.finish_and_clear();
+    // The offered window: `sent` publishes at `rate` per second.
+    let window_secs = sent as f64 / f64::from(args.rate);
+    tokio::time::sleep_until((Instant::now() + args.grace).min(deadline).into()).await;
+    let cpu = match (
+        cpu_before,
+        procstat::at_end("CPU", procstat::cpu_total(pids)),
+    ) {
+        (Some(b), Some(a)) => Some(a - b),
+        _ => None,
+    };
+    let rss = procstat::at_end("RSS", procstat::rss_total(pids));
+    let redis = match (&args.redis_url, redis_before) {
+        (Some(u), Some(before)) => match redis_stats::commandstats(u).await {
+            Ok(after) => Some(redis_stats::delta(&before, &after)),
+            Err(e) => {
+                eprintln!("wsgate-loadtest: reading Redis stats at the end: {e:#}");
+                None
+            }
+        },
+        _ => None,
+    };
+    // Stop reading first: the node's answer to our own close is not a publisher error.
+    for d in drains {
+        d.abort();
+    }
+    for sink in &mut sinks {
+        let _ = tokio::time::timeout(Duration::from_secs(2), sink.close()).await;
+    }
+    let done = report::stop(workers).await;
+
+    let members = ready.connected as u64;
+    let expected = sent * members;
+    let lost = expected.saturating_sub(done.received);
+    let per_1000 = cpu
+        .filter(|_| done.received > 0)
+        .map(|c| c / (done.received as f64 / 1000.0));
+    let lat = &done.latency_us;
+    let rate = if window_secs > 0.0 {
+        done.received as f64 / window_secs
+    } else {
+        0.0
+    };
+    let redis_per_publish = redis
+        .as_ref()
+        .map(|d| round(redis_stats::per_publish(d, sent), 3));
+    let acks = answers.acks.load(Ordering::Relaxed);
+    let errors = answers.errors.load(Ordering::Relaxed);
+    let publish_error = answers
+        .first_error
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone()
+        .or(publisher_failure);
+
+    let parameters = json!({
+        "urls": common.urls,
+        "publisher_url": pub_url,
+        "publishers": n_pub,
+        "members": requested,
+        "room": args.room,
+        "rate_per_second": args.rate,
+        "duration_seconds": args.duration.as_secs_f64(),
+        "data_bytes": args.size,
+        "grace_seconds": args.grace.as_secs_f64(),
+        "node_pids": pids,
+        "redis_url": args.redis_url,
+        "workers": report::worker_count(common, requested),
+        "connect_concurrency": common.connect_concurrency,
+        "timeout_seconds": args.timeout().as_secs_f64(),
+    });
+    let figures = json!({
+        "members": members,
+        "members_failed": ready.failed,
+        "first_error": ready.error,
+        "members_disconnected": done.disconnected,
+        "first_disconnect": done.first_disconnect,
+        "publishes_planned": planned,
+        "publishes": sent,
+        "publish_acks": acks,
+        "publish_errors": errors,
+        "first_publish_error": publish_error,
+        "publish_late_max_ms": round(late_max.as_secs_f64() * 1000.0, 3),
+        "publishing_seconds": round(window_secs, 3),
+        "expected_deliveries": expected,
+        "delivered": done.received,
+        "lost": lost,
+        "duplicates": done.duplicates,
+        "deliveries_per_second": rate.round(),
+        "latency_ms": {
+            "p50": ms(lat, 0.5),
+            "p99": ms(lat, 0.99),
+            "p999": ms(lat, 0.999),
+            "max": ms(lat, 1.0),
+        },
+        "node_cpu_seconds": cpu.map(|c| round(c, 3)),
+        "node_cpu_seconds_per_1000_deliveries": per_1000.map(|c| round(c, 6)),
+        "node_rss_kib": rss.map(|b| b / 1024),
+        "redis_commands": redis,
+        "redis_commands_per_publish": redis_per_publish,
+        "timed_out": timed_out,
+        "workers_missing": done.workers_missing,
+    });
+
+    let mut summary = vec![
+        (
+            "members",
+            format!(
+                "{members} in room {} ({} failed, {} dropped)",
+                args.room, ready.failed, done.disconnected
+            ),
+        ),
+        (
+            "publishes",
+            format!(
+                "{sent} of {planned} at {}/s over {n_pub} connection(s), {acks} acked, {errors} refused",
+                args.rate
+            ),
+        ),
+        (
+            "deliveries",
+            format!(
+                "{} of {expected} expected, {lost} lost, {} duplicates",
+                done.received, done.duplicates
+            ),
+        ),
+        ("deliveries/s", format!("{rate:.0}")),
+        (
+            "latency",
+            format!(
+                "p50 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms, max {:.1} ms",
+                ms(lat, 0.5),
+                ms(lat, 0.99),
+                ms(lat, 0.999),
+                ms(lat, 1.0)
+            ),
+        ),
+        (
+            "node CPU",
+            match (cpu, per_1000) {
+                (Some(c), Some(p)) => format!("{c:.2} s, {p:.5} s per 1,000 deliveries"),
+                (Some(c), None) => format!("{c:.2} s"),
+                _ => "n/a (no --node-pid)".into(),
+            },
+        ),
+        (
+            "node RSS",
+            rss.map_or("n/a".into(), |b| format!("{} KiB", b / 1024)),
+        ),
+    ];
+    if let Some(p) = redis_per_publish {
+        summary.push(("Redis commands/publish", format!("{p:.2}")));
+    }
+    for (label, e) in [
+        ("first error", &ready.error),
+        ("first drop", &done.first_disconnect),
+        ("publish error", &publish_error),
+    ] {
+        if let Some(e) = e {
+            summary.push((label, e.clone()));
+        }
+    }
+    if timed_out {
+        summary.push(("TIMED OUT", "publishing cut short by --timeout".into()));
+    }
+    if done.workers_missing > 0 {
+        summary.push((
+            "INCOMPLETE",
+            format!("{} worker(s) gave no final counts", done.workers_missing),
+        ));
+    }
+    report::finish(
+        Outcome {
+            scenario: "broadcast",
+            parameters,
+            figures,
+            summary,
+        },
+        common.out.as_deref(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::worker::parse_delivery;
+
+    #[test]
+    fn publish_frames_are_json_of_the_requested_size() {
+        let f = publish_frame("bench", 3, 1_700_000_000_000_000_000, 100);
+        let v: serde_json::Value = serde_json::from_str(&f).unwrap();
+        assert_eq!(v["action"], "publish");
+        assert_eq!(v["data"]["seq"], 3);
+        assert_eq!(v["id"], 4);
+        assert_eq!(v["exclude_self"], true);
+        let data_len = v["data"].to_string().len();
+        assert!((95..=105).contains(&data_len), "{data_len}");
+        // Tiny sizes and odd room names still make valid frames.
+        let v: serde_json::Value = serde_json::from_str(&publish_frame("a\"b", 0, 1, 0)).unwrap();
+        assert_eq!(v["room"], "a\"b");
+    }
+
+    #[test]
+    fn delivered_data_parses_back() {
+        let f = publish_frame("bench", 42, 1_700_000_000_123_456_789, 100);
+        let v: serde_json::Value = serde_json::from_str(&f).unwrap();
+        // What a member receives: the node passes `data` through.
+        let delivered = format!(
+            r#"{{"type":"message","room":"bench","data":{},"from":"c1"}}"#,
+            v["data"]
+        );
+        assert_eq!(
+            parse_delivery(&delivered),
+            Some((42, 1_700_000_000_123_456_789))
+        );
+    }
+
+    #[test]
+    fn schedule_is_absolute() {
+        assert_eq!(due(0, 10), Duration::ZERO);
+        assert_eq!(due(15, 10), Duration::from_millis(1500));
+        assert_eq!(due(200_000, 10_000), Duration::from_secs(20));
+    }
+}

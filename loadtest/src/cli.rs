@@ -1,0 +1,168 @@
+//! Command line of the harness.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// How long a run may take beyond its own duration (connecting, collecting) when `--timeout`
+/// is not given.
+pub const TIMEOUT_MARGIN: Duration = Duration::from_secs(120);
+
+/// wsgate load harness.
+///
+/// Meant for nodes on this machine (loopback or a local address): client sockets on loopback
+/// are spread over source addresses 127.0.0.2-250 so ephemeral ports never run out, and the
+/// node's RSS and CPU are read from /proc (`--node-pid`). Every run stops by itself at
+/// `--timeout` and reports what it has.
+#[derive(Debug, Parser)]
+#[command(name = "wsgate-loadtest", version, about, long_about)]
+pub struct Cli {
+    /// The scenario.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Scenarios.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Hold many idle connections: connect rate and the node's RSS per connection.
+    Idle(IdleArgs),
+    /// Members in one room and publishers at a fixed rate: throughput, loss, latency, CPU.
+    Broadcast(BroadcastArgs),
+    /// Internal: one worker process of a scenario; reads its job as JSON on stdin.
+    #[command(hide = true)]
+    Worker,
+}
+
+/// Options every scenario shares.
+#[derive(Debug, Clone, Args)]
+pub struct Common {
+    /// Node WebSocket URL (`ws://`, a node on this machine); repeat for several nodes
+    /// (connections are spread round robin).
+    #[arg(long = "url", default_value = "ws://127.0.0.1:8080/ws")]
+    pub urls: Vec<String>,
+    /// JWT sent as `Authorization: Bearer` by every connection (nodes with auth on).
+    #[arg(long)]
+    pub token: Option<String>,
+    /// PID of a node process to measure (RSS, CPU); repeat for several nodes.
+    #[arg(long = "node-pid")]
+    pub node_pids: Vec<u32>,
+    /// Worker processes holding the client sockets (default: one per 6,000 connections).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub workers: Option<u64>,
+    /// Connections being opened at once, per worker.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..))]
+    pub connect_concurrency: u64,
+    /// Hard limit on the whole run [default: the scenario's own time + 120s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub timeout: Option<Duration>,
+    /// Also write the result as JSON here.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// `idle`.
+#[derive(Debug, Clone, Args)]
+pub struct IdleArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Connections to open.
+    #[arg(long, default_value_t = 18_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub connections: u64,
+    /// How long to hold them open before measuring the node's RSS.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+    pub hold: Duration,
+}
+
+impl IdleArgs {
+    /// `--timeout`, or the hold plus [`TIMEOUT_MARGIN`].
+    pub fn timeout(&self) -> Duration {
+        self.common.timeout.unwrap_or(self.hold + TIMEOUT_MARGIN)
+    }
+}
+
+/// `broadcast`.
+#[derive(Debug, Clone, Args)]
+pub struct BroadcastArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Room members.
+    #[arg(long, default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub members: u64,
+    /// Publishes per second (all publishers together).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate: u32,
+    /// Publishing time.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "20s")]
+    pub duration: Duration,
+    /// Approximate size of each message's `data`, in bytes.
+    #[arg(long, default_value_t = 100)]
+    pub size: usize,
+    /// The room.
+    #[arg(long, default_value = "bench")]
+    pub room: String,
+    /// Publisher's node URL (default: the first --url).
+    #[arg(long)]
+    pub publisher_url: Option<String>,
+    /// Publisher connections taking turns (default: one per 50 publishes/s, well under the
+    /// node's 100 messages/s per connection).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub publishers: Option<u32>,
+    /// Wait after the last publish for stragglers.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
+    pub grace: Duration,
+    /// Redis (`redis://HOST:PORT`, no password) to read `INFO commandstats` from before and
+    /// after the run: Redis commands per publish in cluster runs.
+    #[arg(long)]
+    pub redis_url: Option<String>,
+}
+
+impl BroadcastArgs {
+    /// `--timeout`, or duration plus grace plus [`TIMEOUT_MARGIN`].
+    pub fn timeout(&self) -> Duration {
+        self.common
+            .timeout
+            .unwrap_or(self.duration + self.grace + TIMEOUT_MARGIN)
+    }
+
+    /// Publisher connections: `--publishers`, or one per 50 publishes per second.
+    pub fn publishers(&self) -> u32 {
+        self.publishers.unwrap_or(self.rate.div_ceil(50)).max(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_derived_values() {
+        let cli = Cli::try_parse_from([
+            "wsgate-loadtest",
+            "broadcast",
+            "--url",
+            "ws://127.0.0.1:1/ws",
+            "--url",
+            "ws://127.0.0.1:2/ws",
+            "--rate",
+            "120",
+            "--duration",
+            "10s",
+        ])
+        .unwrap();
+        let Command::Broadcast(b) = cli.command else {
+            panic!("not broadcast")
+        };
+        assert_eq!(b.common.urls.len(), 2);
+        assert_eq!(b.publishers(), 3);
+        assert_eq!(b.timeout(), Duration::from_secs(10 + 5 + 120));
+        assert!(Cli::try_parse_from(["wsgate-loadtest", "broadcast", "--rate", "0"]).is_err());
+        let cli = Cli::try_parse_from(["wsgate-loadtest", "idle", "--hold", "1m"]).unwrap();
+        let Command::Idle(i) = cli.command else {
+            panic!("not idle")
+        };
+        assert_eq!(i.connections, 18_000);
+        assert_eq!(i.timeout(), Duration::from_secs(180));
+    }
+}

@@ -1,0 +1,175 @@
+//! Opening one harness connection: bound to a spread-out loopback source address, small
+//! buffers (the harness holds thousands of sockets per process), welcome read.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use futures_util::StreamExt;
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+/// A harness connection.
+pub type Ws = WebSocketStream<TcpStream>;
+
+/// Limit on each step of opening a connection (TCP connect, upgrade, welcome).
+const STEP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where connections go: the URL as given, its resolved address, and the bearer token.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// `ws://host:port/path`.
+    pub url: String,
+    /// The URL's host and port, resolved once rather than per connection.
+    pub addr: SocketAddr,
+    /// Sent as `Authorization: Bearer` when set.
+    pub token: Option<String>,
+}
+
+impl Target {
+    /// Resolves `url` (a `ws://` URL; the harness speaks no TLS).
+    pub async fn resolve(url: &str, token: Option<&str>) -> anyhow::Result<Self> {
+        let req = url
+            .into_client_request()
+            .with_context(|| format!("bad URL {url}"))?;
+        if req.uri().scheme_str() != Some("ws") {
+            bail!("{url}: only ws:// URLs are supported");
+        }
+        let host = req.uri().host().context("URL has no host")?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let port = req.uri().port_u16().unwrap_or(80);
+        let addr = tokio::net::lookup_host((host, port))
+            .await
+            .with_context(|| format!("resolving {host}"))?
+            .next()
+            .with_context(|| format!("{host} does not resolve"))?;
+        Ok(Self {
+            url: url.to_owned(),
+            addr,
+            token: token.map(str::to_owned),
+        })
+    }
+}
+
+/// Source addresses used on loopback: 127.0.0.2 ..= 127.0.0.250. Each has its own ephemeral
+/// port range, so tens of thousands of sockets never run out of ports.
+pub fn source_for(index: usize) -> Ipv4Addr {
+    Ipv4Addr::new(127, 0, 0, 2 + (index % 249) as u8)
+}
+
+/// Connects connection number `index` and reads its welcome; returns the socket and the
+/// connection id. Each step has its own timeout.
+pub async fn connect(target: &Target, index: usize) -> anyhow::Result<(Ws, String)> {
+    let socket = match target.addr {
+        SocketAddr::V4(a) => {
+            let s = TcpSocket::new_v4()?;
+            // Only loopback has a whole /8 of source addresses to spread over.
+            if a.ip().is_loopback() {
+                s.bind(SocketAddr::new(IpAddr::V4(source_for(index)), 0))
+                    .context("binding a loopback source address")?;
+            }
+            s
+        }
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    let stream = tokio::time::timeout(STEP_TIMEOUT, socket.connect(target.addr))
+        .await
+        .context("TCP connect timed out")?
+        .context("TCP connect")?;
+    let mut req = target.url.as_str().into_client_request()?;
+    req.headers_mut().insert(
+        "sec-websocket-protocol",
+        HeaderValue::from_static("wsgate.v1.json"),
+    );
+    if let Some(token) = &target.token {
+        req.headers_mut().insert(
+            "authorization",
+            HeaderValue::from_str(&format!("Bearer {token}")).context("bad --token")?,
+        );
+    }
+    // Small buffers: 4 KiB read chunks (one read still drains a backlog of deliveries) and
+    // no write buffer.
+    let config = WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0);
+    let (mut ws, _) = tokio::time::timeout(
+        STEP_TIMEOUT,
+        tokio_tungstenite::client_async_with_config(req, stream, Some(config)),
+    )
+    .await
+    .context("WebSocket handshake timed out")?
+    .context("WebSocket handshake")?;
+    let welcome = tokio::time::timeout(STEP_TIMEOUT, ws.next())
+        .await
+        .context("no welcome")?
+        .context("closed before welcome")?
+        .context("reading the welcome")?;
+    let Message::Text(text) = welcome else {
+        bail!("expected a text welcome, got {welcome:?}");
+    };
+    let v: serde_json::Value = serde_json::from_str(&text).context("welcome is not JSON")?;
+    if v["type"] != "welcome" {
+        bail!("expected a welcome, got {text}");
+    }
+    let id = v["connection_id"]
+        .as_str()
+        .context("welcome without connection_id")?
+        .to_owned();
+    Ok((ws, id))
+}
+
+/// Reads an `ack` or `error` frame: its request id if any, and `Err(frame)` for an error.
+/// `None` for anything else (messages, pongs). Errors may lack an id: the node answers
+/// rate-limited frames without decoding them.
+pub fn answer(text: &str) -> Option<(Option<u64>, Result<(), String>)> {
+    let v: serde_json::Value = serde_json::from_str(text).ok()?;
+    let id = v["id"].as_u64();
+    match v["type"].as_str()? {
+        "ack" => Some((id, Ok(()))),
+        "error" => Some((id, Err(text.to_owned()))),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_addresses_stay_in_range() {
+        assert_eq!(source_for(0), Ipv4Addr::new(127, 0, 0, 2));
+        assert_eq!(source_for(248), Ipv4Addr::new(127, 0, 0, 250));
+        assert_eq!(source_for(249), Ipv4Addr::new(127, 0, 0, 2));
+        assert_eq!(source_for(usize::MAX / 2).octets()[..3], [127, 0, 0]);
+    }
+
+    #[test]
+    fn answers_are_acks_and_errors() {
+        assert_eq!(answer(r#"{"type":"ack","id":2}"#), Some((Some(2), Ok(()))));
+        assert!(matches!(
+            answer(r#"{"type":"error","id":1,"code":"forbidden","message":"no"}"#),
+            Some((Some(1), Err(_)))
+        ));
+        assert!(matches!(
+            answer(r#"{"type":"error","code":"rate_limited","message":"slow down"}"#),
+            Some((None, Err(_)))
+        ));
+        assert_eq!(
+            answer(r#"{"type":"message","room":"a","data":{"id":1}}"#),
+            None
+        );
+    }
+
+    #[tokio::test]
+    async fn targets_resolve() {
+        let t = Target::resolve("ws://127.0.0.1:8080/ws", Some("x"))
+            .await
+            .unwrap();
+        assert_eq!(t.addr, "127.0.0.1:8080".parse().unwrap());
+        assert!(Target::resolve("wss://127.0.0.1/ws", None).await.is_err());
+    }
+}

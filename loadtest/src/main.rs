@@ -1,0 +1,46 @@
+//! `wsgate-loadtest`: the load harness behind `loadtest/RESULTS.md`.
+//!
+//! Scenarios: `idle` (many held connections: connect rate, node RSS per connection) and
+//! `broadcast` (room members, publishers at a fixed rate: deliveries/s, loss, latency, node
+//! CPU per 1,000 deliveries). Client sockets are spread over worker processes (one process may
+//! hold only 20,000 files here) and over source addresses in 127.0.0.0/8. Meant for local
+//! nodes; every run is bounded in time. Exits non-zero only on harness errors (nothing could
+//! connect, bad arguments); loss and refusals are reported, not errors.
+
+mod broadcast;
+mod cli;
+mod client;
+mod idle;
+mod procstat;
+mod redis_stats;
+mod report;
+mod worker;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    let result = match cli.command {
+        cli::Command::Worker => worker::main(),
+        cli::Command::Idle(args) => runtime().and_then(|rt| rt.block_on(idle::run(args))),
+        cli::Command::Broadcast(args) => runtime().and_then(|rt| rt.block_on(broadcast::run(args))),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line with the causes; no backtrace even when RUST_BACKTRACE is set.
+            eprintln!("wsgate-loadtest: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// One thread: the harness is pinned to one CPU (`taskset -c 1`), and a current-thread
+/// runtime has no cross-thread wake-ups to add to the latency it measures.
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}

@@ -1,0 +1,461 @@
+//! A worker process: opens its share of the connections, reports on stdout (one JSON object
+//! per line), and stops on `stop` (or end of input) from the parent.
+//!
+//! Workers exist because one process may hold only 20,000 files here. The job comes as the
+//! first line on stdin (not in argv, where a `--token` would show in `ps`).
+
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, BufReader, Lines, Stdin};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::client::{self, Target, Ws};
+
+/// What a worker does.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Job {
+    /// Node URLs; connection `i` goes to `urls[i % len]`.
+    pub urls: Vec<String>,
+    /// Bearer token for every connection.
+    pub token: Option<String>,
+    /// Global index of this worker's first connection (spreads source addresses and nodes).
+    pub first: usize,
+    /// Connections to open.
+    pub count: usize,
+    /// Connections opened at once.
+    pub concurrency: usize,
+    /// Room to join (broadcast), or none (idle).
+    pub room: Option<String>,
+    /// Milliseconds from start after which no connection attempt is started or continued.
+    pub connect_ms: u64,
+    /// Milliseconds from start after which the worker stops even without `stop`.
+    pub hard_ms: u64,
+}
+
+/// A line a worker prints.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Report {
+    /// Connections so far.
+    Progress {
+        /// Connected (and joined).
+        connected: usize,
+        /// Failed attempts.
+        failed: usize,
+    },
+    /// Every connection was attempted (or the connect deadline passed).
+    Ready {
+        /// Connected (and joined).
+        connected: usize,
+        /// Failed attempts, including those never started before the deadline.
+        failed: usize,
+        /// Connect (and join) latency (µs) as [value, count] pairs.
+        connect_us: Vec<(u64, u64)>,
+        /// First error seen, if any.
+        error: Option<String>,
+    },
+    /// Final counts after `stop`.
+    Done {
+        /// Unique (member, seq) deliveries.
+        received: u64,
+        /// Deliveries of a (member, seq) seen before.
+        duplicates: u64,
+        /// Connections that ended before `stop`.
+        disconnected: u64,
+        /// Why the first of those ended.
+        first_disconnect: Option<String>,
+        /// Publish-to-delivery latency (µs) as [value, count] pairs.
+        latency_us: Vec<(u64, u64)>,
+    },
+}
+
+fn emit(r: &Report) {
+    // stdout is the channel to the parent; a write error means the parent is gone, and the
+    // hard deadline (or stdin's end) stops this process.
+    if let Ok(line) = serde_json::to_string(r) {
+        let _ = writeln!(std::io::stdout().lock(), "{line}");
+    }
+}
+
+/// Serializes a histogram as its non-empty buckets.
+pub fn pairs(h: &Histogram<u64>) -> Vec<(u64, u64)> {
+    h.iter_recorded()
+        .map(|v| (v.value_iterated_to(), v.count_at_value()))
+        .collect()
+}
+
+/// Adds serialized buckets to a histogram.
+pub fn merge(h: &mut Histogram<u64>, pairs: &[(u64, u64)]) {
+    for (v, c) in pairs {
+        // Values past the bounds saturate rather than disappear.
+        h.saturating_record_n(*v, *c);
+    }
+}
+
+/// A histogram for microseconds up to 100 s, 3 significant figures.
+pub fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 100_000_000, 3).expect("valid histogram bounds")
+}
+
+/// The fields of a `message` the harness reads.
+#[derive(Deserialize)]
+struct Frame {
+    #[serde(rename = "type")]
+    kind: String,
+    data: Option<Data>,
+}
+
+#[derive(Deserialize)]
+struct Data {
+    seq: u64,
+    t: u64,
+}
+
+/// Parses a delivered message: its sequence number and send time (ns since the epoch).
+/// A byte scan rather than a JSON parse for the frames the node writes (`type` first): the
+/// harness must read faster than the node writes, or its own lag shows up as the node's
+/// latency. Anything else goes through serde.
+pub fn parse_delivery(text: &str) -> Option<(u64, u64)> {
+    if text.starts_with("{\"type\":\"message\"") {
+        let number_after = |key: &str| -> Option<u64> {
+            let start = text.find(key)? + key.len();
+            let digits = text[start..].bytes().take_while(u8::is_ascii_digit).count();
+            text[start..start + digits].parse().ok()
+        };
+        if let (Some(seq), Some(t)) = (number_after("\"seq\":"), number_after("\"t\":")) {
+            return Some((seq, t));
+        }
+    }
+    let f: Frame = serde_json::from_str(text).ok()?;
+    if f.kind != "message" {
+        return None;
+    }
+    f.data.map(|d| (d.seq, d.t))
+}
+
+/// Nanoseconds since the Unix epoch: the clock publish times are written in.
+pub fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos() as u64
+}
+
+/// Per-member record of sequence numbers seen.
+#[derive(Default)]
+pub struct Seen(Vec<u64>);
+
+impl Seen {
+    /// Marks `seq`; false when it was already marked (a duplicate).
+    pub fn mark(&mut self, seq: u64) -> bool {
+        let (word, bit) = ((seq / 64) as usize, seq % 64);
+        if self.0.len() <= word {
+            self.0.resize(word + 1, 0);
+        }
+        let fresh = self.0[word] & (1 << bit) == 0;
+        self.0[word] |= 1 << bit;
+        fresh
+    }
+}
+
+/// Counters every connection task of the worker updates.
+struct Shared {
+    connected: AtomicUsize,
+    failed: AtomicUsize,
+    connect_us: Mutex<Histogram<u64>>,
+    first_error: Mutex<Option<String>>,
+    received: AtomicU64,
+    duplicates: AtomicU64,
+    disconnected: AtomicU64,
+    first_disconnect: Mutex<Option<String>>,
+    latency_us: Mutex<Histogram<u64>>,
+}
+
+/// Locks a mutex; a panicked holder leaves counters that are still worth reporting.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Shared {
+    fn progress(&self) -> Report {
+        Report::Progress {
+            connected: self.connected.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+        }
+    }
+
+    fn fail(&self, n: usize, why: String) {
+        self.failed.fetch_add(n, Ordering::Relaxed);
+        lock(&self.first_error).get_or_insert(why);
+    }
+}
+
+/// Entry point of `wsgate-loadtest worker`: the job is the first line on stdin.
+pub fn main() -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(async {
+            let mut lines = BufReader::new(tokio::io::stdin()).lines();
+            let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+                .await
+                .context("no job on stdin")?
+                .context("reading the job")?
+                .context("no job on stdin")?;
+            let job: Job = serde_json::from_str(&line).context("bad job")?;
+            run(job, lines).await
+        })
+}
+
+async fn run(job: Job, mut lines: Lines<BufReader<Stdin>>) -> anyhow::Result<()> {
+    let start = Instant::now();
+    let connect_deadline = start + Duration::from_millis(job.connect_ms);
+    let hard_deadline = start + Duration::from_millis(job.hard_ms);
+    let mut targets = Vec::new();
+    for url in &job.urls {
+        targets.push(Target::resolve(url, job.token.as_deref()).await?);
+    }
+    anyhow::ensure!(!targets.is_empty(), "no URL");
+    let shared = Arc::new(Shared {
+        connected: AtomicUsize::new(0),
+        failed: AtomicUsize::new(0),
+        connect_us: Mutex::new(histogram()),
+        first_error: Mutex::default(),
+        received: AtomicU64::new(0),
+        duplicates: AtomicU64::new(0),
+        disconnected: AtomicU64::new(0),
+        first_disconnect: Mutex::default(),
+        latency_us: Mutex::new(histogram()),
+    });
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let gate = Arc::new(Semaphore::new(job.concurrency.max(1)));
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut started = 0;
+    while started < job.count {
+        let permit = tokio::select! {
+            p = gate.clone().acquire_owned() => p?,
+            _ = tokio::time::sleep_until(connect_deadline.into()) => break,
+            _ = tick.tick() => {
+                emit(&shared.progress());
+                continue;
+            }
+        };
+        let index = job.first + started;
+        tasks.spawn(connection(
+            targets[index % targets.len()].clone(),
+            index,
+            job.room.clone(),
+            permit,
+            shared.clone(),
+            stop_rx.clone(),
+            connect_deadline,
+        ));
+        started += 1;
+    }
+    if started < job.count {
+        shared.fail(
+            job.count - started,
+            format!(
+                "connect deadline passed with {} connections not attempted",
+                job.count - started
+            ),
+        );
+    }
+    // Every attempt ends by the connect deadline (each is cut there), so this wait is bounded.
+    let settle = connect_deadline + Duration::from_secs(1);
+    while shared.connected.load(Ordering::Relaxed) + shared.failed.load(Ordering::Relaxed)
+        < job.count
+        && Instant::now() < settle
+    {
+        tick.tick().await;
+        emit(&shared.progress());
+    }
+    emit(&Report::Ready {
+        connected: shared.connected.load(Ordering::Relaxed),
+        failed: shared.failed.load(Ordering::Relaxed),
+        connect_us: pairs(&lock(&shared.connect_us)),
+        error: lock(&shared.first_error).clone(),
+    });
+    // Hold until the parent says stop (or goes away), or the hard deadline.
+    let _ = tokio::time::timeout_at(hard_deadline.into(), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.trim() == "stop" {
+                break;
+            }
+        }
+    })
+    .await;
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    emit(&Report::Done {
+        received: shared.received.load(Ordering::Relaxed),
+        duplicates: shared.duplicates.load(Ordering::Relaxed),
+        disconnected: shared.disconnected.load(Ordering::Relaxed),
+        first_disconnect: lock(&shared.first_disconnect).clone(),
+        latency_us: pairs(&lock(&shared.latency_us)),
+    });
+    Ok(())
+}
+
+/// Opens a connection and joins `room` (waiting for the ack).
+async fn open(target: &Target, index: usize, room: Option<&str>) -> anyhow::Result<Ws> {
+    let (mut ws, _id) = client::connect(target, index).await?;
+    if let Some(room) = room {
+        let join = serde_json::json!({"action": "join", "room": room, "id": 1});
+        ws.send(Message::text(join.to_string())).await?;
+        tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match ws.next().await {
+                    Some(Ok(Message::Text(t))) => match client::answer(&t) {
+                        Some((Some(1), Ok(()))) => return Ok(()),
+                        Some((_, Err(e))) => anyhow::bail!("join refused: {e}"),
+                        _ => continue,
+                    },
+                    Some(Ok(Message::Close(c))) => anyhow::bail!("closed while joining: {c:?}"),
+                    Some(Ok(_)) => continue,
+                    Some(Err(e)) => return Err(e).context("joining"),
+                    None => anyhow::bail!("closed while joining"),
+                }
+            }
+        })
+        .await
+        .context("no join ack")??;
+    }
+    Ok(ws)
+}
+
+/// One member: connects, then reads until stopped, recording deliveries.
+async fn connection(
+    target: Target,
+    index: usize,
+    room: Option<String>,
+    permit: OwnedSemaphorePermit,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+    connect_deadline: Instant,
+) {
+    let started = Instant::now();
+    let opened = tokio::time::timeout_at(
+        connect_deadline.into(),
+        open(&target, index, room.as_deref()),
+    )
+    .await;
+    drop(permit);
+    let mut ws = match opened {
+        Ok(Ok(ws)) => ws,
+        Ok(Err(e)) => return shared.fail(1, format!("{e:#}")),
+        Err(_) => return shared.fail(1, "connect deadline passed".to_owned()),
+    };
+    lock(&shared.connect_us).saturating_record(started.elapsed().as_micros() as u64);
+    shared.connected.fetch_add(1, Ordering::Relaxed);
+    let mut seen = Seen::default();
+    // One stop future for the whole loop: a new one per message would register and
+    // unregister a waiter for every delivery.
+    let stopped = stop.changed();
+    tokio::pin!(stopped);
+    let ended = loop {
+        tokio::select! {
+            _ = &mut stopped => break None,
+            msg = ws.next() => match msg {
+                Some(Ok(Message::Text(t))) => {
+                    if let Some((seq, sent)) = parse_delivery(&t) {
+                        if seen.mark(seq) {
+                            let lat = now_ns().saturating_sub(sent) / 1000;
+                            shared.received.fetch_add(1, Ordering::Relaxed);
+                            lock(&shared.latency_us).saturating_record(lat.max(1));
+                        } else {
+                            shared.duplicates.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+                Some(Ok(Message::Close(c))) => break Some(format!("closed by the node: {c:?}")),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => break Some(format!("read error: {e}")),
+                None => break Some("connection ended".to_owned()),
+            }
+        }
+    };
+    match ended {
+        None => {
+            let _ = ws.close(None).await;
+        }
+        Some(why) => {
+            shared.disconnected.fetch_add(1, Ordering::Relaxed);
+            lock(&shared.first_disconnect).get_or_insert(why);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_deliveries_and_ignores_the_rest() {
+        let m =
+            r#"{"type":"message","room":"bench","data":{"seq":7,"t":123,"pad":"xx"},"from":"a"}"#;
+        assert_eq!(parse_delivery(m), Some((7, 123)));
+        // `data` keys in another order (a node may re-serialize it sorted).
+        let m = r#"{"type":"message","room":"b","data":{"pad":"xx","seq":8,"t":9},"from":null}"#;
+        assert_eq!(parse_delivery(m), Some((8, 9)));
+        // Another key order of the frame itself.
+        let m = r#"{"data":{"seq":5,"t":6},"from":"a","room":"b","type":"message"}"#;
+        assert_eq!(parse_delivery(m), Some((5, 6)));
+        assert_eq!(
+            parse_delivery(r#"{"data":{"seq":5,"t":6},"type":"direct"}"#),
+            None
+        );
+        assert_eq!(parse_delivery(r#"{"type":"ack","id":1}"#), None);
+        assert_eq!(
+            parse_delivery(r#"{"type":"message","room":"b","data":"x"}"#),
+            None
+        );
+    }
+
+    #[test]
+    fn seen_counts_duplicates() {
+        let mut s = Seen::default();
+        assert!(s.mark(0) && s.mark(130) && !s.mark(130) && s.mark(64));
+    }
+
+    #[test]
+    fn histograms_merge() {
+        let mut a = histogram();
+        a.record(100).unwrap();
+        a.record_n(2000, 3).unwrap();
+        let mut b = histogram();
+        b.record(50).unwrap();
+        merge(&mut b, &pairs(&a));
+        assert_eq!(b.len(), 5);
+        assert_eq!(b.max(), a.max());
+        assert_eq!(b.min(), 50);
+    }
+
+    #[test]
+    fn reports_round_trip() {
+        let line = serde_json::to_string(&Report::Ready {
+            connected: 3,
+            failed: 1,
+            connect_us: vec![(10, 2), (20, 1)],
+            error: Some("x".into()),
+        })
+        .unwrap();
+        assert!(line.starts_with(r#"{"event":"ready""#));
+        match serde_json::from_str::<Report>(&line).unwrap() {
+            Report::Ready { connect_us, .. } => assert_eq!(connect_us, vec![(10, 2), (20, 1)]),
+            other => panic!("{other:?}"),
+        }
+    }
+}

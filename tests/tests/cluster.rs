@@ -1,0 +1,332 @@
+//! SPEC section 7 with real `redis-server` processes: nodes fan out to each other, reach any
+//! connection, list each other, and survive Redis going away.
+
+use std::time::Duration;
+
+use serde_json::json;
+use wsgate_tests::*;
+
+fn config(redis: &Redis, name: &str) -> String {
+    format!(
+        "[cluster]\nname = \"{name}\"\nredis_url = \"{}\"\naffinity_ttl = \"2s\"\nnode_heartbeat = \"200ms\"\n",
+        redis.url()
+    )
+}
+
+async fn cluster(redis: &Redis, n: usize) -> Vec<Node> {
+    let name = cluster_name();
+    let mut nodes = Vec::new();
+    for _ in 0..n {
+        nodes.push(Node::start(&config(redis, &name)).await);
+    }
+    nodes
+}
+
+/// Publishes probes until every member has one: subscriptions travel through Redis.
+async fn settle(publisher: &mut Client, room: &str, members: &mut [&mut Client]) {
+    for attempt in 0.. {
+        assert!(attempt < 100, "room {room} never reached every node");
+        publisher
+            .send(json!({"action":"publish","room":room,"data":{"probe":attempt}}))
+            .await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut all = true;
+        for m in members.iter_mut() {
+            let mut got = false;
+            while let Ok(Some(Ok(msg))) = tokio::time::timeout(
+                Duration::from_millis(10),
+                futures_util::StreamExt::next(&mut m.ws),
+            )
+            .await
+            {
+                if msg.to_text().map(|t| t.contains("probe")).unwrap_or(false) {
+                    got = true;
+                }
+            }
+            all &= got;
+        }
+        if all {
+            // Drain probes still in flight.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            for m in members.iter_mut() {
+                while let Ok(Some(Ok(_))) = tokio::time::timeout(
+                    Duration::from_millis(20),
+                    futures_util::StreamExt::next(&mut m.ws),
+                )
+                .await
+                {}
+            }
+            return;
+        }
+    }
+}
+
+#[tokio::test]
+async fn three_nodes_are_one_gateway() {
+    let redis = Redis::start().await;
+    let nodes = cluster(&redis, 3).await;
+    let mut a = nodes[0].connect().await;
+    let mut b = nodes[1].connect().await;
+    let mut c = nodes[2].connect().await;
+    for client in [&mut a, &mut b, &mut c] {
+        client
+            .request(json!({"action":"join","room":"lobby","id":1}))
+            .await;
+    }
+    settle(&mut a, "lobby", &mut [&mut b, &mut c]).await;
+    a.drain(Duration::from_millis(50)).await;
+
+    // Every member on every node gets each message once, in the publisher's order.
+    let a_id = a.welcome["connection_id"].clone();
+    for i in 0..30 {
+        a.send(json!({"action":"publish","room":"lobby","data":i}))
+            .await;
+    }
+    for member in [&mut a, &mut b, &mut c] {
+        for i in 0..30 {
+            let m = member.recv().await;
+            assert_eq!(
+                (m["type"].as_str(), m["data"].as_i64()),
+                (Some("message"), Some(i))
+            );
+            assert_eq!(m["from"], a_id);
+        }
+        member.assert_silent(Duration::from_millis(200)).await;
+    }
+
+    // send reaches a connection on another node.
+    assert_eq!(
+        a.request(json!({"action":"send","to":c.id(),"data":"psst","id":2}))
+            .await["type"],
+        "ack"
+    );
+    assert_eq!(
+        c.recv().await,
+        json!({"type":"direct","from":a.id(),"data":"psst"})
+    );
+
+    // The management API of any node reaches any connection.
+    let (status, body) = nodes[1].get(&format!("/@connections/{}", c.id())).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["node"], nodes[2].node_id.as_str());
+    assert_eq!(body["rooms"], json!(["lobby"]));
+    let url = nodes[0].admin_url(&format!("/@connections/{}", c.id()));
+    assert_eq!(
+        http_json(reqwest::Client::new().post(&url).body(r#"{"hi":1}"#))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        c.recv().await,
+        json!({"type":"direct","from":null,"data":{"hi":1}})
+    );
+    let (status, body) = nodes[0].get("/rooms/lobby?members=true").await;
+    assert_eq!(status, 200);
+    assert_eq!(body["members"], 3, "{body}");
+    assert_eq!(body["connections"].as_array().unwrap().len(), 3);
+
+    // /cluster lists every node and the total KEDA reads.
+    eventually("3 nodes in /cluster", || async {
+        let (_, body) = nodes[0].get("/cluster").await;
+        body["nodes"].as_array().map(|n| n.len()) == Some(3) && body["connections_total"] == 3
+    })
+    .await;
+
+    // DELETE from another node closes with 4002; then 410 everywhere.
+    assert_eq!(http_json(reqwest::Client::new().delete(&url)).await.0, 204);
+    assert_eq!(c.closed().await, Some(4002));
+    for node in &nodes {
+        eventually("410 after close", || async {
+            node.get(&format!("/@connections/{}", c.id())).await.0 == 410
+        })
+        .await;
+    }
+    let e = a
+        .request(json!({"action":"send","to":c.id(),"data":1,"id":3}))
+        .await;
+    assert_eq!(e["code"], "not_found");
+}
+
+#[tokio::test]
+async fn a_killed_node_leaves_nothing_behind() {
+    let redis = Redis::start().await;
+    let mut nodes = cluster(&redis, 2).await;
+    let victim = nodes[1].connect().await;
+    let id = victim.id();
+    eventually("both nodes listed", || async {
+        nodes[0].get("/cluster").await.1["nodes"]
+            .as_array()
+            .map(|n| n.len())
+            == Some(2)
+    })
+    .await;
+    nodes[1].signal("KILL");
+    nodes[1].wait_exit(Duration::from_secs(5)).await;
+    eventually("410 once the node is gone", || async {
+        nodes[0].get(&format!("/@connections/{id}")).await.0 == 410
+    })
+    .await;
+    eventually("dead node leaves /cluster", || async {
+        nodes[0].get("/cluster").await.1["nodes"]
+            .as_array()
+            .map(|n| n.len())
+            == Some(1)
+    })
+    .await;
+    // After the TTLs nothing in Redis names the dead node or its connection.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let dead = nodes[1].node_id.clone();
+    let keys = redis_cli(redis.port, &["--scan"]);
+    for key in keys.lines().filter(|k| !k.is_empty()) {
+        assert!(
+            !key.contains(&dead) && !key.contains(&id),
+            "left behind: {key}"
+        );
+        if key.ends_with(":nodes") {
+            let members = redis_cli(redis.port, &["ZRANGE", key, "0", "-1"]);
+            assert!(
+                !members.contains(&dead),
+                "dead node still registered: {members}"
+            );
+        }
+    }
+    assert!(
+        keys.lines().any(|k| k.contains(&nodes[0].node_id)),
+        "the live node is still registered: {keys}"
+    );
+}
+
+#[tokio::test]
+async fn redis_outage_is_survived() {
+    let mut redis = Redis::start().await;
+    let nodes = cluster(&redis, 2).await;
+    let mut a = nodes[0].connect().await;
+    let mut a2 = nodes[0].connect().await;
+    let mut b = nodes[1].connect().await;
+    for client in [&mut a, &mut a2, &mut b] {
+        client
+            .request(json!({"action":"join","room":"r","id":1}))
+            .await;
+    }
+    settle(&mut a, "r", &mut [&mut b, &mut a2]).await;
+    a.drain(Duration::from_millis(50)).await;
+    assert_eq!(nodes[0].metric("wsgate_redis_up").await, 1.0);
+
+    redis.kill();
+    eventually("redis_up drops to 0", || async {
+        nodes[0].metric("wsgate_redis_up").await == 0.0
+    })
+    .await;
+    assert_eq!(
+        nodes[0].get("/readyz").await.0,
+        200,
+        "Redis down does not make a node unready"
+    );
+    // Local connections and local fan-out keep working.
+    a.send(json!({"action":"publish","room":"r","data":"local","exclude_self":true}))
+        .await;
+    assert_eq!(a2.recv().await["data"], "local");
+    assert_eq!(
+        a.request(json!({"action":"ping","id":5})).await["type"],
+        "pong"
+    );
+
+    redis.restart().await;
+    eventually("redis_up back to 1", || async {
+        nodes[0].metric("wsgate_redis_up").await == 1.0
+            && nodes[1].metric("wsgate_redis_up").await == 1.0
+    })
+    .await;
+    // Resubscribed: cross-node traffic resumes.
+    settle(&mut a, "r", &mut [&mut b]).await;
+    // Re-registered: the other node finds connections again.
+    eventually("affinity re-registered", || async {
+        nodes[1].get(&format!("/@connections/{}", a.id())).await.0 == 200
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_wrong_redis_url_fails_fast() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let start = std::time::Instant::now();
+    let err = start_refused(&["--redis-url", &format!("redis://127.0.0.1:{port}")], &[]);
+    assert!(err.contains("cluster.redis_url"), "{err}");
+    assert!(start.elapsed() < Duration::from_secs(15));
+    let err = start_refused(&["--redis-url", "nonsense://x"], &[]);
+    assert!(err.contains("cluster.redis_url"), "{err}");
+}
+
+#[tokio::test]
+async fn malformed_envelopes_are_dropped_and_logged() {
+    let redis = Redis::start().await;
+    let name = cluster_name();
+    let node = Node::start(&config(&redis, &name)).await;
+    let mut member = node.connect().await;
+    member
+        .request(json!({"action":"join","room":"r","id":1}))
+        .await;
+    let channel = format!("{name}:room:{{r}}");
+    eventually("the node subscribed to the room", || {
+        let n = redis_cli(redis.port, &["PUBSUB", "NUMSUB", &channel]);
+        async move { n.lines().nth(1).map(str::trim) == Some("1") }
+    })
+    .await;
+    for garbage in ["not msgpack", "\u{93}\u{1}"] {
+        redis_cli(redis.port, &["PUBLISH", &channel, garbage]);
+    }
+    eventually("a malformed envelope is logged", || {
+        let logged = node
+            .logs()
+            .iter()
+            .any(|l| l.contains("malformed envelope dropped"));
+        async move { logged }
+    })
+    .await;
+    // The node is unharmed and the member still gets real messages.
+    let mut publisher = node.connect().await;
+    publisher
+        .send(json!({"action":"publish","room":"r","data":"fine"}))
+        .await;
+    assert_eq!(member.recv().await["data"], "fine");
+    member.assert_silent(Duration::from_millis(200)).await;
+}
+
+#[tokio::test]
+async fn a_drained_node_removes_its_records() {
+    let redis = Redis::start().await;
+    let name = cluster_name();
+    // Long TTLs: whatever is gone after the drain was deleted, not expired.
+    let config = format!(
+        "[server]\ndrain_delay = \"0s\"\ndrain_period = \"200ms\"\n[cluster]\nname = \"{name}\"\nredis_url = \"{}\"\naffinity_ttl = \"60s\"\n",
+        redis.url()
+    );
+    let mut node = Node::start(&config).await;
+    let mut clients = Vec::new();
+    for _ in 0..5 {
+        clients.push(node.connect().await);
+    }
+    eventually("affinity records written", || {
+        let n = redis_cli(
+            redis.port,
+            &["--scan", "--pattern", &format!("{name}:conn:*")],
+        );
+        async move { n.lines().filter(|l| !l.is_empty()).count() == 5 }
+    })
+    .await;
+    node.signal("TERM");
+    for c in &mut clients {
+        assert_eq!(c.closed().await, Some(1012));
+    }
+    assert_eq!(
+        node.wait_exit(Duration::from_secs(10)).await.code(),
+        Some(0)
+    );
+    let left = redis_cli(redis.port, &["--scan", "--pattern", &format!("{name}:*")]);
+    let left: Vec<&str> = left.lines().filter(|l| !l.is_empty()).collect();
+    assert!(left.is_empty(), "the drained node left: {left:?}");
+}

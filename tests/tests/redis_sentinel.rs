@@ -1,0 +1,43 @@
+//! Nodes behind Sentinel: a failover under traffic is Redis going away and coming back, and
+//! the nodes find the new primary through the Sentinel.
+
+use serde_json::json;
+use wsgate_tests::*;
+
+#[tokio::test]
+async fn failover_under_traffic() {
+    let mut redis = RedisSentinel::start().await;
+    let name = cluster_name();
+    let config = format!(
+        "[cluster]\nname = \"{name}\"\nredis_url = \"{}\"\nnode_heartbeat = \"200ms\"\n",
+        redis.url()
+    );
+    let a_node = Node::start(&config).await;
+    let b_node = Node::start(&config).await;
+    let mut a = a_node.connect().await;
+    let mut b = b_node.connect().await;
+    a.request(json!({"action":"join","room":"r","id":1})).await;
+    b.request(json!({"action":"join","room":"r","id":1})).await;
+
+    // Cross-node traffic flows through the primary.
+    until_delivered(&mut a, &mut b, "r", "before the failover").await;
+    let old = redis.ports.0;
+    redis.kill_primary();
+    eventually("the sentinel promoted the replica", || {
+        let promoted = redis.current_primary() == Some(redis.ports.1);
+        async move { promoted }
+    })
+    .await;
+    assert_ne!(redis.current_primary(), Some(old));
+    // Local traffic never stopped; cross-node traffic resumes within a few seconds.
+    until_delivered(&mut a, &mut b, "r", "after the failover").await;
+    eventually("both nodes report redis up", || async {
+        a_node.metric("wsgate_redis_up").await == 1.0
+            && b_node.metric("wsgate_redis_up").await == 1.0
+    })
+    .await;
+    eventually("affinity re-registered on the new primary", || async {
+        a_node.get(&format!("/@connections/{}", b.id())).await.0 == 200
+    })
+    .await;
+}
