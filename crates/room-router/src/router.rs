@@ -272,7 +272,7 @@ impl Router {
     /// Removes a connection from every room, the registry and the affinity records.
     pub fn unregister(&self, conn: &ConnHandle) {
         for room in conn.take_rooms() {
-            if self.local.rooms.leave(&room, &conn.id) {
+            if self.local.rooms.leave(&room, conn) {
                 self.bus.unsubscribe(&room);
             }
         }
@@ -319,7 +319,7 @@ impl Router {
         if !conn.remove_room(room) {
             return false;
         }
-        if self.local.rooms.leave(room, &conn.id) {
+        if self.local.rooms.leave(room, conn) {
             self.bus.unsubscribe(room);
         }
         true

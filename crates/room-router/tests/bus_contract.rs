@@ -129,6 +129,35 @@ fn leave_and_close_stop_delivery(cluster: Vec<Arc<Router>>) {
     assert_eq!(cluster[0].connection_count(), 0);
 }
 
+fn leaves_remove_exactly_the_member_that_left(cluster: Vec<Arc<Router>>) {
+    let r = room("big");
+    let members: Vec<_> = (0..50)
+        .map(|_| connect(&cluster[0], Encoding::Json, 64))
+        .collect();
+    for m in &members {
+        cluster[0].join(m, &r).unwrap();
+    }
+    // Every third leaves, in an order unrelated to the join order.
+    let leaving: Vec<_> = (0..50).rev().filter(|i| i % 3 == 0).collect();
+    for &i in &leaving {
+        assert!(cluster[0].leave(&members[i], &r));
+    }
+    let presence = futures_lite_block_on(cluster[0].room(&r, true)).unwrap();
+    assert_eq!(presence.count, 50 - leaving.len());
+    assert!(leaving
+        .iter()
+        .all(|&i| !presence.ids.contains(&members[i].id)));
+    cluster[0].publish(&r, json("1"), None, false).unwrap();
+    for (i, m) in members.iter().enumerate() {
+        let expected = usize::from(i % 3 != 0);
+        assert_eq!(drain(m).0.len(), expected, "member {i}");
+    }
+    for (i, m) in members.iter().enumerate() {
+        assert_eq!(cluster[0].leave(m, &r), i % 3 != 0, "member {i}");
+    }
+    assert_eq!(cluster[0].room_count(), 0);
+}
+
 fn send_and_disconnect_reach_other_nodes(cluster: Vec<Arc<Router>>) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
@@ -221,6 +250,11 @@ fn local_bus_cross_node_publish() {
 #[test]
 fn local_bus_leave_and_close() {
     leave_and_close_stop_delivery(local_cluster(2));
+}
+
+#[test]
+fn local_bus_leaves_remove_exactly_the_member_that_left() {
+    leaves_remove_exactly_the_member_that_left(local_cluster(1));
 }
 
 #[test]
