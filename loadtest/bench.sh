@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
-# Reproduces loadtest/RESULTS.md: one embedded node pinned to CPU 0, the harness pinned to
-# CPU 1, a fresh node per scenario.
+# Reproduces loadtest/RESULTS.md: nodes pinned to CPU 0, the harness (and Redis) pinned to
+# CPU 1, fresh nodes per scenario.
 #
-#   loadtest/bench.sh [idle|broadcast|all]        (default: all)
+#   loadtest/bench.sh [idle|floor|broadcast|cluster|all]        (default: all)
+#
+# idle       18,000 idle connections on one embedded node
+# floor      the same fan-out as broadcast as bare loopback TCP sends: the machine's floor
+# broadcast  5,000 members on one embedded node, 10 publishes/s for 20 s
+# cluster    two nodes through one redis-server, 2,000 members split, 50 publishes/s for 20 s
 #
 # NODE_BIN=path/to/gateway-node compares another build (e.g. an older commit) under the same
 # harness; OUT=dir sets where result files go (default loadtest/results).
@@ -11,8 +16,8 @@ cd "$(dirname "$0")/.."
 
 scenario="${1:-all}"
 case "$scenario" in
-  idle | broadcast | all) ;;
-  *) echo "usage: $0 [idle|broadcast|all]" >&2; exit 2 ;;
+  idle | floor | broadcast | cluster | all) ;;
+  *) echo "usage: $0 [idle|floor|broadcast|cluster|all]" >&2; exit 2 ;;
 esac
 out="${OUT:-loadtest/results}"
 mkdir -p "$out"
@@ -22,6 +27,8 @@ harness=target/release/wsgate-loadtest
 port=18080
 admin=19080
 node_pid=""
+extra_pids=()
+redis_port=16390
 
 # SIGTERM starts the node's drain (SPEC section 8: about 5 s + 10 s, then exit); it gets 30 s
 # before SIGKILL, so the node never outlives this script.
@@ -37,36 +44,91 @@ stop_node() {
   fi
   node_pid=""
 }
-trap stop_node EXIT
+
+# Stops the second node and redis-server of the cluster scenario.
+stop_extra() {
+  for pid in "${extra_pids[@]}"; do
+    kill -TERM "$pid" 2>/dev/null || true
+  done
+  for pid in "${extra_pids[@]}"; do
+    for _ in $(seq 1 300); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+  extra_pids=()
+}
+trap 'stop_node; stop_extra' EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
+# Waits for a node's /readyz; $1 = PID, $2 = admin port, $3 = log.
+wait_ready() {
+  for _ in $(seq 1 100); do
+    if ! kill -0 "$1" 2>/dev/null; then
+      break
+    fi
+    if [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$2/readyz")" = 200 ]; then
+      return 0
+    fi
+    sleep 0.1
+  done
+  echo "bench.sh: node did not become ready" >&2
+  cat "$3" >&2
+  exit 1
+}
+
+# Starts a fresh node on CPU 0 (extra arguments go to the node); sets node_pid.
 start_node() {
   stop_node
   port=$((port + 1))
   admin=$((admin + 1))
   # taskset execs the node, so $! is the node's own PID (what --node-pid measures).
   WSGATE_LIMITS__MAX_CONNECTIONS=0 taskset -c 0 "$node_bin" \
-    --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" 2>"$out/node.log" &
+    --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" "$@" 2>"$out/node.log" &
   node_pid=$!
-  for _ in $(seq 1 100); do
-    if ! kill -0 "$node_pid" 2>/dev/null; then
-      break
-    fi
-    if [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$admin/readyz")" = 200 ]; then
-      return 0
-    fi
-    sleep 0.1
-  done
-  echo "bench.sh: node did not become ready" >&2
-  cat "$out/node.log" >&2
-  exit 1
+  wait_ready "$node_pid" "$admin" "$out/node.log"
 }
 
 run_idle() {
   start_node
   taskset -c 1 "$harness" idle --url "ws://127.0.0.1:$port/ws" --node-pid "$node_pid" \
     --connections 18000 --hold 10s --out "$out/idle.json"
+}
+
+run_floor() {
+  taskset -c 1 "$harness" floor --members 5000 --rate 10 --duration 20s --size 150 \
+    --sender-cpu 0 --receiver-cpu 1 --out "$out/floor.json"
+}
+
+run_cluster() {
+  command -v redis-server >/dev/null || { echo "bench.sh: cluster needs redis-server" >&2; exit 1; }
+  stop_extra
+  redis_port=$((redis_port + 1))
+  taskset -c 1 redis-server --port "$redis_port" --save "" --appendonly no \
+    --bind 127.0.0.1 >"$out/redis.log" 2>&1 &
+  extra_pids+=($!)
+  for _ in $(seq 1 50); do
+    redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+  local redis="redis://127.0.0.1:$redis_port"
+  start_node --redis-url "$redis"
+  local first_port=$port first_pid=$node_pid
+  port=$((port + 1))
+  admin=$((admin + 1))
+  WSGATE_LIMITS__MAX_CONNECTIONS=0 taskset -c 0 "$node_bin" --listen "127.0.0.1:$port" \
+    --admin-listen "127.0.0.1:$admin" --redis-url "$redis" 2>"$out/node2.log" &
+  extra_pids+=($!)
+  wait_ready "$!" "$admin" "$out/node2.log"
+  taskset -c 1 "$harness" broadcast --url "ws://127.0.0.1:$first_port/ws" \
+    --url "ws://127.0.0.1:$port/ws" --node-pid "$first_pid" --node-pid "$!" \
+    --members 2000 --rate 50 --duration 20s --size 100 --redis-url "$redis" \
+    --out "$out/cluster.json"
+  stop_node
+  stop_extra
 }
 
 run_broadcast() {
@@ -77,6 +139,8 @@ run_broadcast() {
 
 case "$scenario" in
   idle) run_idle ;;
+  floor) run_floor ;;
   broadcast) run_broadcast ;;
-  all) run_idle; run_broadcast ;;
+  cluster) run_cluster ;;
+  all) run_idle; run_floor; run_broadcast; run_cluster ;;
 esac

@@ -189,6 +189,9 @@ pub async fn run(args: BroadcastArgs) -> anyhow::Result<()> {
     let redis_per_publish = redis
         .as_ref()
         .map(|d| round(redis_stats::per_publish(d, sent), 3));
+    let redis_publish_per_publish = redis
+        .as_ref()
+        .map(|d| round(redis_stats::publishes_per_publish(d, sent), 3));
     let acks = answers.acks.load(Ordering::Relaxed);
     let errors = answers.errors.load(Ordering::Relaxed);
     let publish_error = answers
@@ -243,6 +246,7 @@ pub async fn run(args: BroadcastArgs) -> anyhow::Result<()> {
         "node_rss_kib": rss.map(|b| b / 1024),
         "redis_commands": redis,
         "redis_commands_per_publish": redis_per_publish,
+        "redis_publish_commands_per_publish": redis_publish_per_publish,
         "timed_out": timed_out,
         "workers_missing": done.workers_missing,
     });
@@ -293,8 +297,11 @@ pub async fn run(args: BroadcastArgs) -> anyhow::Result<()> {
             rss.map_or("n/a".into(), |b| format!("{} KiB", b / 1024)),
         ),
     ];
-    if let Some(p) = redis_per_publish {
-        summary.push(("Redis commands/publish", format!("{p:.2}")));
+    if let (Some(all), Some(publishes)) = (redis_per_publish, redis_publish_per_publish) {
+        summary.push((
+            "Redis per publish",
+            format!("{publishes:.2} (S)PUBLISH, {all:.2} commands with upkeep"),
+        ));
     }
     for (label, e) in [
         ("first error", &ready.error),

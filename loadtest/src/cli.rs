@@ -30,6 +30,9 @@ pub enum Command {
     Idle(IdleArgs),
     /// Members in one room and publishers at a fixed rate: throughput, loss, latency, CPU.
     Broadcast(BroadcastArgs),
+    /// The kernel's own cost of the same fan-out with no gateway: the floor that `broadcast`
+    /// figures are read against (run both in one session; the machine's speed varies).
+    Floor(FloorArgs),
     /// Internal: one worker process of a scenario; reads its job as JSON on stdin.
     #[command(hide = true)]
     Worker,
@@ -130,6 +133,36 @@ impl BroadcastArgs {
     pub fn publishers(&self) -> u32 {
         self.publishers.unwrap_or(self.rate.div_ceil(50)).max(1)
     }
+}
+
+/// `floor`.
+#[derive(Debug, Clone, Args)]
+pub struct FloorArgs {
+    /// Loopback TCP connections (two sockets each in this one process).
+    #[arg(long, default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub members: u64,
+    /// Bursts per second (one record to every member per burst).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate: u32,
+    /// Sending time.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "20s")]
+    pub duration: Duration,
+    /// Bytes per record: what the node writes per delivery in `broadcast` (a 100-byte
+    /// `data` makes a frame of about 150 bytes).
+    #[arg(long, default_value_t = 150)]
+    pub size: usize,
+    /// CPU of the sending thread (where the node runs in `broadcast`).
+    #[arg(long, default_value_t = 0)]
+    pub sender_cpu: usize,
+    /// CPU of the receiving thread (where the harness runs).
+    #[arg(long, default_value_t = 1)]
+    pub receiver_cpu: usize,
+    /// Wait after the last burst for stragglers.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
+    pub grace: Duration,
+    /// Also write the result as JSON here.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
 
 #[cfg(test)]

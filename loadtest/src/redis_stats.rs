@@ -104,9 +104,34 @@ pub fn per_publish(delta: &BTreeMap<String, u64>, publishes: u64) -> f64 {
     total as f64 / publishes.max(1) as f64
 }
 
+/// `PUBLISH` and `SPUBLISH` calls per publish: the fan-out's own Redis work, O(nodes with
+/// members) and not O(members), apart from periodic upkeep (affinity, heartbeats).
+pub fn publishes_per_publish(delta: &BTreeMap<String, u64>, publishes: u64) -> f64 {
+    let total: u64 = ["publish", "spublish"]
+        .iter()
+        .filter_map(|k| delta.get(*k))
+        .sum();
+    total as f64 / publishes.max(1) as f64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn publish_commands_are_counted_apart_from_upkeep() {
+        let d: BTreeMap<String, u64> = [
+            ("publish", 990),
+            ("spublish", 10),
+            ("set", 2000),
+            ("info", 1),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        assert_eq!(publishes_per_publish(&d, 1000), 1.0);
+        assert_eq!(per_publish(&d, 1000), 3.0);
+    }
 
     #[test]
     fn parses_commandstats() {
