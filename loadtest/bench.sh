@@ -30,27 +30,13 @@ node_pid=""
 extra_pids=()
 redis_port=16390
 
-# SIGTERM starts the node's drain (SPEC section 8: about 5 s + 10 s, then exit); it gets 30 s
-# before SIGKILL, so the node never outlives this script.
-stop_node() {
-  if [ -n "$node_pid" ] && kill -0 "$node_pid" 2>/dev/null; then
-    kill -TERM "$node_pid" 2>/dev/null || true
-    for _ in $(seq 1 300); do
-      kill -0 "$node_pid" 2>/dev/null || break
-      sleep 0.1
-    done
-    kill -KILL "$node_pid" 2>/dev/null || true
-    wait "$node_pid" 2>/dev/null || true
-  fi
-  node_pid=""
-}
-
-# Stops the second node and redis-server of the cluster scenario.
-stop_extra() {
-  for pid in "${extra_pids[@]}"; do
+# Stops processes: SIGTERM to all (a node's drain takes about 5 s + 10 s, SPEC section 8),
+# then SIGKILL to any still alive after 30 s, so nothing outlives this script.
+stop_pids() {
+  for pid in "$@"; do
     kill -TERM "$pid" 2>/dev/null || true
   done
-  for pid in "${extra_pids[@]}"; do
+  for pid in "$@"; do
     for _ in $(seq 1 300); do
       kill -0 "$pid" 2>/dev/null || break
       sleep 0.1
@@ -58,6 +44,20 @@ stop_extra() {
     kill -KILL "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
   done
+}
+
+stop_node() {
+  if [ -n "$node_pid" ]; then
+    stop_pids "$node_pid"
+  fi
+  node_pid=""
+}
+
+# Stops the second node and redis-server of the cluster scenario.
+stop_extra() {
+  if [ "${#extra_pids[@]}" -gt 0 ]; then
+    stop_pids "${extra_pids[@]}"
+  fi
   extra_pids=()
 }
 trap 'stop_node; stop_extra' EXIT

@@ -274,16 +274,7 @@ pub async fn run(args: BroadcastArgs) -> anyhow::Result<()> {
             ),
         ),
         ("deliveries/s", format!("{rate:.0}")),
-        (
-            "latency",
-            format!(
-                "p50 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms, max {:.1} ms",
-                ms(lat, 0.5),
-                ms(lat, 0.99),
-                ms(lat, 0.999),
-                ms(lat, 1.0)
-            ),
-        ),
+        ("latency", report::latency_line(lat)),
         (
             "node CPU",
             match (cpu, per_1000) {

@@ -335,16 +335,7 @@ fn outcome(args: &FloorArgs, m: &Measured) -> anyhow::Result<()> {
                 ms(span, 1.0)
             ),
         ),
-        (
-            "latency",
-            format!(
-                "p50 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms, max {:.1} ms",
-                ms(lat, 0.5),
-                ms(lat, 0.99),
-                ms(lat, 0.999),
-                ms(lat, 1.0)
-            ),
-        ),
+        ("latency", report::latency_line(lat)),
         (
             "sender CPU",
             format!("{:.2} s, {per_1000:.5} s per 1,000 sends", sent.cpu_seconds),

@@ -321,6 +321,17 @@ pub fn ms(h: &Histogram<u64>, q: f64) -> f64 {
     h.value_at_quantile(q) as f64 / 1000.0
 }
 
+/// The summary's latency line: p50, p99, p99.9 and max of a microsecond histogram, in ms.
+pub fn latency_line(h: &Histogram<u64>) -> String {
+    format!(
+        "p50 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms, max {:.1} ms",
+        ms(h, 0.5),
+        ms(h, 0.99),
+        ms(h, 0.999),
+        ms(h, 1.0)
+    )
+}
+
 /// Rounds to `decimals` places, for readable JSON.
 pub fn round(x: f64, decimals: i32) -> f64 {
     let f = 10f64.powi(decimals);
