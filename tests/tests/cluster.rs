@@ -132,6 +132,21 @@ async fn three_nodes_are_one_gateway() {
         body["nodes"].as_array().map(|n| n.len()) == Some(3) && body["connections_total"] == 3
     })
     .await;
+    let (_, body) = nodes[2].get("/cluster").await;
+    for node in &nodes {
+        let entry = body["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["id"] == node.node_id.as_str())
+            .unwrap_or_else(|| panic!("{} missing from {body}", node.node_id));
+        assert_eq!(
+            (&entry["connections"], &entry["rooms"]),
+            (&json!(1), &json!(1)),
+            "{body}"
+        );
+        assert!(entry["last_seen"].is_string(), "{body}");
+    }
 
     // DELETE from another node closes with 4002; then 410 everywhere.
     assert_eq!(http_json(reqwest::Client::new().delete(&url)).await.0, 204);
@@ -146,6 +161,32 @@ async fn three_nodes_are_one_gateway() {
         .request(json!({"action":"send","to":c.id(),"data":1,"id":3}))
         .await;
     assert_eq!(e["code"], "not_found");
+
+    // A stale record naming the node asked (its delete not yet in Redis) is not a
+    // connection: 410, not a message published to the node's own channel.
+    let ghost = "AAAAAAAAAAAAAAAAAAAAAA";
+    let a_key = redis_cli(redis.port, &["KEYS", &format!("*:conn:{}", a.id())]);
+    let prefix = a_key
+        .trim()
+        .strip_suffix(a.id().as_str())
+        .expect("a's record");
+    redis_cli(
+        redis.port,
+        &[
+            "SET",
+            &format!("{prefix}{ghost}"),
+            &nodes[0].node_id,
+            "EX",
+            "60",
+        ],
+    );
+    let url = nodes[0].admin_url(&format!("/@connections/{ghost}"));
+    assert_eq!(
+        http_json(reqwest::Client::new().post(&url).body("1"))
+            .await
+            .0,
+        410
+    );
 }
 
 #[tokio::test]
@@ -200,7 +241,12 @@ async fn a_killed_node_leaves_nothing_behind() {
 #[tokio::test]
 async fn redis_outage_is_survived() {
     let mut redis = Redis::start().await;
-    let nodes = cluster(&redis, 2).await;
+    // A TTL whose periodic refresh (every 20 s) comes after this test's waits: only the
+    // re-registration on reconnect can bring the records back in time.
+    let name = cluster_name();
+    let long_ttl = config(&redis, &name).replace("affinity_ttl = \"2s\"", "affinity_ttl = \"60s\"");
+    assert!(long_ttl.contains("60s"));
+    let nodes = [Node::start(&long_ttl).await, Node::start(&long_ttl).await];
     let mut a = nodes[0].connect().await;
     let mut a2 = nodes[0].connect().await;
     let mut b = nodes[1].connect().await;
@@ -276,17 +322,23 @@ async fn malformed_envelopes_are_dropped_and_logged() {
         async move { n.lines().nth(1).map(str::trim) == Some("1") }
     })
     .await;
-    for garbage in ["not msgpack", "\u{93}\u{1}"] {
+    for garbage in ["not msgpack", "\u{93}\u{1}", "x", "", "\u{ff}"] {
         redis_cli(redis.port, &["PUBLISH", &channel, garbage]);
     }
-    eventually("a malformed envelope is logged", || {
-        let logged = node
-            .logs()
+    let logged = || {
+        node.logs()
             .iter()
-            .any(|l| l.contains("malformed envelope dropped"));
-        async move { logged }
+            .filter(|l| l.contains("malformed envelope dropped"))
+            .count()
+    };
+    eventually("a malformed envelope is logged", || {
+        let n = logged();
+        async move { n > 0 }
     })
     .await;
+    // Five bad envelopes within the 10 s interval: one line, not one per envelope.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(logged(), 1, "{:?}", node.logs());
     // The node is unharmed and the member still gets real messages.
     let mut publisher = node.connect().await;
     publisher
@@ -329,4 +381,50 @@ async fn a_drained_node_removes_its_records() {
     let left = redis_cli(redis.port, &["--scan", "--pattern", &format!("{name}:*")]);
     let left: Vec<&str> = left.lines().filter(|l| !l.is_empty()).collect();
     assert!(left.is_empty(), "the drained node left: {left:?}");
+}
+
+#[tokio::test]
+async fn subscriptions_follow_local_membership() {
+    let redis = Redis::start().await;
+    let name = cluster_name();
+    let node = Node::start(&config(&redis, &name)).await;
+    let channel = format!("{name}:room:{{r}}");
+    let subscribers = || {
+        let out = redis_cli(redis.port, &["PUBSUB", "NUMSUB", &channel]);
+        out.lines().nth(1).map(|l| l.trim().to_owned())
+    };
+    assert_eq!(subscribers().as_deref(), Some("0"));
+    let mut a = node.connect().await;
+    let mut b = node.connect().await;
+    for c in [&mut a, &mut b] {
+        c.request(json!({"action":"join","room":"r","id":1})).await;
+    }
+    eventually("subscribed once for two members", || {
+        let n = subscribers();
+        async move { n.as_deref() == Some("1") }
+    })
+    .await;
+    // One member leaving keeps the subscription; the last one closing ends it.
+    a.request(json!({"action":"leave","room":"r","id":2})).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(subscribers().as_deref(), Some("1"));
+    b.ws.close(None).await.unwrap();
+    eventually("unsubscribed after the last member", || {
+        let n = subscribers();
+        async move { n.as_deref() == Some("0") }
+    })
+    .await;
+    // A leave (not a close) of the last member unsubscribes too.
+    a.request(json!({"action":"join","room":"r","id":3})).await;
+    eventually("subscribed again", || {
+        let n = subscribers();
+        async move { n.as_deref() == Some("1") }
+    })
+    .await;
+    a.request(json!({"action":"leave","room":"r","id":4})).await;
+    eventually("unsubscribed after the last leave", || {
+        let n = subscribers();
+        async move { n.as_deref() == Some("0") }
+    })
+    .await;
 }

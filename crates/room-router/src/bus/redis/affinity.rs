@@ -10,7 +10,10 @@ pub(super) const AFFINITY_BATCH: usize = 2_000;
 #[derive(Default)]
 pub(super) struct AffinityWork {
     pub(super) opened: Vec<(ConnectionId, oneshot::Sender<()>)>,
-    pub(super) closed: Vec<ConnectionId>,
+    /// Closed connections whose record is still to be deleted, with when they closed: a
+    /// delete that fails is retried until the record would have expired anyway, so the list
+    /// stays bounded by the close rate × `affinity_ttl` however long Redis is away.
+    pub(super) closed: Vec<(ConnectionId, tokio::time::Instant)>,
     pub(super) refresh_all: bool,
 }
 
@@ -35,12 +38,20 @@ impl Inner {
                     .set(self.keys.conn(id.as_str()), node, ex.clone(), None, false)
                     .await;
             }
-            for id in &work.closed {
+            for (id, _) in &work.closed {
                 let _: Result<(), _> = pipeline.del(self.keys.conn(id.as_str())).await;
             }
             if !work.opened.is_empty() || !work.closed.is_empty() {
                 if let Err(e) = pipeline.all::<Vec<Value>>().await {
                     tracing::debug!(error = %e, "affinity update failed");
+                    // Opened records are rewritten by the refresh after the reconnect;
+                    // deletes are not, so they wait for the next round.
+                    let live: Vec<_> = work
+                        .closed
+                        .into_iter()
+                        .filter(|(_, at)| at.elapsed() < ttl)
+                        .collect();
+                    self.affinity.lock().closed.extend(live);
                 }
             }
             for (_, done) in work.opened {

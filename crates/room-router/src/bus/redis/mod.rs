@@ -23,7 +23,7 @@
 //! over every shard instead of every message being broadcast cluster-wide.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -78,8 +78,11 @@ use pubsub::Subscriptions;
 use reader::info_to_view;
 use tls::tls_connector;
 
-/// Room envelopes waiting to be published: bounded, so a slow Redis drops instead of growing.
+/// Room envelopes waiting to be published: bounded in count and in bytes, so a slow Redis
+/// drops instead of growing (16,384 messages of 128 KiB would otherwise be 2 GiB).
 const PUBLISH_QUEUE: usize = 16_384;
+/// Bytes of envelopes waiting to be published, at most.
+const PUBLISH_QUEUE_BYTES: usize = 32 << 20;
 /// How long a query to another node may take.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long the first connection may take before start-up fails.
@@ -94,6 +97,8 @@ struct Inner {
     subscriber: SubscriberClient,
     sink: OnceLock<Arc<dyn BusSink>>,
     publish_tx: mpsc::Sender<(String, Bytes)>,
+    /// Bytes in `publish_tx`'s queue ([`PUBLISH_QUEUE_BYTES`]).
+    publish_queued_bytes: AtomicUsize,
     subs: Mutex<Subscriptions>,
     subs_notify: Notify,
     affinity: Mutex<AffinityWork>,
@@ -176,6 +181,7 @@ impl RedisBus {
             subscriber,
             sink: OnceLock::new(),
             publish_tx,
+            publish_queued_bytes: AtomicUsize::new(0),
             subs: Mutex::new(Subscriptions::default()),
             subs_notify: Notify::new(),
             affinity: Mutex::new(AffinityWork::default()),
@@ -353,13 +359,27 @@ impl Bus for RedisBus {
             return Ok(());
         };
         let channel = self.inner.keys.room(room.as_str());
-        self.inner
-            .publish_tx
-            .try_send((channel, Bytes::from(envelope.encode())))
-            .map_err(|_| {
-                self.inner.dropped.fetch_add(1, Ordering::Relaxed);
-                BusError::Overloaded
-            })
+        let bytes = Bytes::from(envelope.encode());
+        let len = bytes.len();
+        let queued = self
+            .inner
+            .publish_queued_bytes
+            .fetch_add(len, Ordering::Relaxed);
+        let sent = if queued + len > PUBLISH_QUEUE_BYTES {
+            Err(())
+        } else {
+            self.inner
+                .publish_tx
+                .try_send((channel, bytes))
+                .map_err(|_| ())
+        };
+        sent.map_err(|()| {
+            self.inner
+                .publish_queued_bytes
+                .fetch_sub(len, Ordering::Relaxed);
+            self.inner.dropped.fetch_add(1, Ordering::Relaxed);
+            BusError::Overloaded
+        })
     }
 
     fn connection_opened<'a>(&'a self, id: &'a ConnectionId) -> BoxFuture<'a, ()> {
@@ -376,7 +396,11 @@ impl Bus for RedisBus {
     }
 
     fn connection_closed(&self, id: &ConnectionId) {
-        self.inner.affinity.lock().closed.push(id.clone());
+        self.inner
+            .affinity
+            .lock()
+            .closed
+            .push((id.clone(), tokio::time::Instant::now()));
         self.inner.affinity_notify.notify_one();
     }
 
@@ -393,6 +417,11 @@ impl Bus for RedisBus {
                 .await
                 .map_err(backend)?;
             let Some(node) = node else { return Ok(false) };
+            if node == self.inner.opts.node.as_str() {
+                // The router looked here first: a record naming this node for a connection
+                // it does not hold is stale (its delete has not reached Redis yet).
+                return Ok(false);
+            }
             let receivers: i64 = self
                 .inner
                 .publish_to(self.inner.keys.node(&node), envelope.encode())
@@ -511,7 +540,7 @@ impl Bus for RedisBus {
             // affinity task had not sent yet. One DEL per key, pipelined (keys of a Redis
             // Cluster live on different shards).
             let work = std::mem::take(&mut *inner.affinity.lock());
-            let mut ids: Vec<ConnectionId> = work.closed;
+            let mut ids: Vec<ConnectionId> = work.closed.into_iter().map(|(id, _)| id).collect();
             ids.extend(work.opened.into_iter().map(|(id, _)| id));
             if let Some(sink) = inner.sink() {
                 ids.extend(sink.local_connections());

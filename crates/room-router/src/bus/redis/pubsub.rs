@@ -20,6 +20,9 @@ impl Inner {
             if n == 0 {
                 return;
             }
+            let bytes: usize = batch.iter().map(|(_, b)| b.len()).sum();
+            self.publish_queued_bytes
+                .fetch_sub(bytes, Ordering::Relaxed);
             if !self.up() {
                 self.dropped.fetch_add(n as u64, Ordering::Relaxed);
                 batch.clear();

@@ -65,11 +65,11 @@ impl Inner {
                     continue;
                 }
             };
-            self.dispatch(envelope).await;
+            self.dispatch(envelope);
         }
     }
 
-    async fn dispatch(&self, envelope: Envelope) {
+    fn dispatch(self: &Arc<Self>, envelope: Envelope) {
         let Some(sink) = self.sink() else { return };
         match envelope.body {
             EnvelopeBody::Room { .. } if envelope.origin == self.opts.node => {
@@ -109,7 +109,12 @@ impl Inner {
                     traceparent: None,
                 };
                 let channel = self.keys.node(reply_to.as_str());
-                let _ = self.publish_to(channel, answer.encode()).await;
+                // Not awaited here: room deliveries behind this query must not wait for the
+                // reply's round trip.
+                let inner = self.clone();
+                self.tasks.spawn(async move {
+                    let _ = inner.publish_to(channel, answer.encode()).await;
+                });
             }
             EnvelopeBody::Reply { id, reply } => {
                 if let Some((_, tx)) = self.queries.remove(&id) {
