@@ -1,5 +1,7 @@
-//! Cluster semantics (SPEC section 7) as a contract every bus must pass. Each test takes a
-//! cluster factory, so the Redis bus runs the same suite.
+//! Cluster semantics (SPEC section 7) as a contract, run here against the in-process bus with
+//! several routers in one process. Each check takes a cluster of routers; the Redis bus is held
+//! to the same semantics by the black-box tests in `tests/tests/cluster.rs` (real node
+//! processes, real `redis-server`), which exercise it through the binary.
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr};
