@@ -44,6 +44,23 @@ fn invalid_config_exits_non_zero_naming_the_key() {
             "[auth]\njwt_secret = \"s\"\nalgorithms = [\"none\"]\n",
             "auth.algorithms",
         ),
+        // Accepted by the parser, refused by the node: check-config refuses them too.
+        (
+            "[auth]\nalgorithms = [\"RS256\"]\njwt_public_key_file = \"/nonexistent.pem\"\n",
+            "auth.jwt_public_key_file",
+        ),
+        (
+            "[auth]\nalgorithms = [\"RS256\"]\njwks_url = \"https://example.com/jwks\"\n",
+            "auth.jwks",
+        ),
+        (
+            "[telemetry]\notlp_endpoint = \"http://127.0.0.1:4317\"\n",
+            "telemetry.otlp_endpoint",
+        ),
+        (
+            "[[proxy]]\npath = \"/p\"\nupstreams = [\"ws://127.0.0.1:1\"]\n",
+            "[[proxy]]",
+        ),
     ] {
         let p = write(&dir, body);
         let (status, _, err) = run_cli(&["check-config", &p], &[]);

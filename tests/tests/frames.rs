@@ -256,10 +256,19 @@ async fn rate_limit_errors_then_1008() {
     for i in 0..5 {
         assert_eq!(a.recv().await, json!({"type":"pong","id":i}));
     }
-    for _ in 0..4 {
-        a.send(json!({"action":"ping"})).await;
-        assert_eq!(a.recv().await["code"], "rate_limited");
+    // Refused frames are answered with their own request id, when they have one.
+    for i in 10..13 {
+        a.send(json!({"action":"ping","id":i})).await;
+        let e = a.recv().await;
+        assert_eq!(
+            (e["code"].as_str(), e["id"].as_i64()),
+            (Some("rate_limited"), Some(i))
+        );
     }
+    a.send(json!({"action":"ping"})).await;
+    let e = a.recv().await;
+    assert_eq!(e["code"], "rate_limited");
+    assert!(e.get("id").is_none_or(|v| v.is_null()), "{e}");
     a.send(json!({"action":"ping"})).await;
     assert_eq!(a.closed().await, Some(1008));
 }

@@ -1,6 +1,8 @@
 //! SPEC section 3: refusals before the upgrade, in order, with JSON bodies; subprotocols;
 //! tokens from every source.
 
+use std::time::Duration;
+
 use serde_json::json;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use wsgate_tests::*;
@@ -216,4 +218,62 @@ async fn refusal_order_full_before_origin_before_protocol_before_token() {
         503,
         "full before everything"
     );
+}
+
+#[tokio::test]
+async fn expired_tokens_the_jwt_parameter_and_no_token_in_logs() {
+    let config = format!("{AUTH}leeway = \"0s\"\n");
+    let node = Node::start_with(NodeOptions {
+        config: config.clone(),
+        env: vec![("RUST_LOG".into(), "trace".into())],
+        args: vec![],
+    })
+    .await;
+    let token = mint_token(&config, "carol", None, "1h").unwrap();
+    let short = mint_token(&config, "carol", None, "1s").unwrap();
+    let url = format!("{}?jwt={token}", node.ws_url());
+    let mut c = Client::connect(
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url)
+            .unwrap(),
+    )
+    .await
+    .expect("a token in the jwt query parameter is accepted");
+    c.request(json!({"action":"refresh","token":token,"id":1}))
+        .await;
+
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let (status, body, _) = refusal(connect_bearer(&node, &short).await.err().unwrap());
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("unauthorized"))
+    );
+    node.metric_settles("wsgate_auth_failures_total{reason=\"expired\"}", 1.0)
+        .await;
+
+    let logs = node.logs().join("\n");
+    assert!(
+        logs.contains("handshake refused") && logs.contains("expired"),
+        "verbose logging is on and saw the refusal: {logs}"
+    );
+    for secret in [&token, &short, &"test-secret".to_owned()] {
+        assert!(!logs.contains(secret.as_str()), "a secret was logged");
+        // Nor the signature alone (a token split over fields).
+        let sig = secret.rsplit('.').next().unwrap();
+        assert!(!logs.contains(sig), "a token signature was logged");
+    }
+}
+
+#[tokio::test]
+async fn node_id_flag_names_the_node() {
+    let node = Node::start_with(NodeOptions {
+        config: String::new(),
+        env: vec![],
+        args: vec!["--node-id".into(), "edge-7".into()],
+    })
+    .await;
+    assert_eq!(node.node_id, "edge-7");
+    let c = node.connect().await;
+    assert_eq!(c.welcome["node"], "edge-7");
+    let (_, body) = node.get("/cluster").await;
+    assert_eq!(body["nodes"][0]["id"], "edge-7", "{body}");
 }

@@ -52,6 +52,17 @@ pub struct Listeners {
     pub admin: TcpListener,
 }
 
+/// Everything about a configuration that can be checked without the network: what the node
+/// would refuse at start. `check-config` runs it too, so a configuration it accepts starts.
+pub fn preflight(config: &Config) -> anyhow::Result<Option<Authenticator>> {
+    check_supported(config)?;
+    config
+        .auth
+        .as_ref()
+        .map(|a| Authenticator::from_config(a).context("loading [auth] keys"))
+        .transpose()
+}
+
 /// Refuses configuration this version cannot honour yet, rather than ignoring it silently.
 fn check_supported(config: &Config) -> anyhow::Result<()> {
     let unsupported = [
@@ -98,7 +109,7 @@ pub async fn run(
     listeners: Listeners,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    check_supported(&config)?;
+    let auth = preflight(&config)?.map(Arc::new);
     let node = node_id(&config);
     let bus: Arc<dyn Bus> = if config.embedded() {
         Arc::new(LocalBus::standalone(node.clone()))
@@ -132,12 +143,6 @@ pub async fn run(
         },
     );
     let metrics = Metrics::new(router.clone());
-    let auth = match &config.auth {
-        Some(a) => Some(Arc::new(
-            Authenticator::from_config(a).context("loading [auth] keys")?,
-        )),
-        None => None,
-    };
     let app = App::new(config.clone(), router, metrics, auth);
 
     let client_addr = listeners.client.local_addr()?;

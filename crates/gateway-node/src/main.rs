@@ -37,6 +37,8 @@ fn main() -> ExitCode {
 fn check_config(file: &Path) -> anyhow::Result<()> {
     let config = Config::load(Some(file), &FlagOverrides::default())
         .with_context(|| format!("invalid configuration {}", file.display()))?;
+    gateway_node::preflight(&config)
+        .with_context(|| format!("invalid configuration {}", file.display()))?;
     print!("{}", toml::to_string(&config.redacted())?);
     Ok(())
 }

@@ -13,6 +13,7 @@ use figment::Figment;
 use serde::{Deserialize, Serialize};
 
 mod lists;
+mod scalars;
 mod sections;
 
 pub use sections::*;
@@ -392,6 +393,49 @@ mod tests {
         let auth = c.auth.unwrap();
         assert_eq!(auth.algorithms, vec!["HS256", "HS512"]);
         assert_eq!(auth.query_params, vec!["jwt", "access_token"]);
+    }
+
+    #[test]
+    fn env_values_that_look_like_numbers_stay_text() {
+        let c = load(
+            "",
+            &[
+                ("WSGATE_AUTH__JWT_SECRET", "123456"),
+                ("WSGATE_ADMIN__TOKEN", "true"),
+                ("WSGATE_CLUSTER__NODE_ID", "7"),
+                ("WSGATE_CLUSTER__NAME", "1.5"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.auth.unwrap().jwt_secret, "123456");
+        assert_eq!(c.admin.token, "true");
+        assert_eq!(
+            (c.cluster.node_id.as_str(), c.cluster.name.as_str()),
+            ("7", "1.5")
+        );
+    }
+
+    #[test]
+    fn flags_override_env_which_overrides_the_file() {
+        figment::Jail::expect_with(|jail| {
+            jail.clear_env();
+            jail.create_file(
+                "c.toml",
+                "[server]\nlisten = \"127.0.0.1:1\"\npath = \"/file\"\n[cluster]\nnode_id = \"file\"\nname = \"file\"\n",
+            )?;
+            jail.set_env("WSGATE_SERVER__PATH", "/env");
+            jail.set_env("WSGATE_CLUSTER__NODE_ID", "env");
+            let flags = FlagOverrides {
+                node_id: Some("flag".into()),
+                ..FlagOverrides::default()
+            };
+            let c = Config::load(Some(Path::new("c.toml")), &flags).unwrap();
+            assert_eq!(c.server.listen.to_string(), "127.0.0.1:1", "file");
+            assert_eq!(c.cluster.name, "file", "file");
+            assert_eq!(c.server.path, "/env", "env over file");
+            assert_eq!(c.cluster.node_id, "flag", "flag over env and file");
+            Ok(())
+        });
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::lists::string_list;
+use super::scalars::lenient_string;
 
 /// `[server]`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -16,6 +17,7 @@ pub struct ServerConfig {
     /// Client listener address.
     pub listen: SocketAddr,
     /// WebSocket path.
+    #[serde(deserialize_with = "lenient_string")]
     pub path: String,
     /// Allowed `Origin` values; empty allows any.
     #[serde(deserialize_with = "string_list")]
@@ -39,8 +41,10 @@ pub struct ServerConfig {
     #[serde(with = "humantime_serde")]
     pub drain_period: Duration,
     /// PEM certificate chain for wss://.
+    #[serde(deserialize_with = "lenient_string")]
     pub tls_cert_file: String,
     /// PEM private key for wss://.
+    #[serde(deserialize_with = "lenient_string")]
     pub tls_key_file: String,
 }
 
@@ -69,6 +73,7 @@ pub struct AdminConfig {
     /// Admin listener address.
     pub listen: SocketAddr,
     /// Bearer token required on everything but `/metrics`, `/healthz`, `/readyz`.
+    #[serde(deserialize_with = "lenient_string")]
     pub token: String,
     /// Allow a non-loopback admin listener without a token.
     pub insecure: bool,
@@ -102,14 +107,18 @@ pub enum RedisMode {
 #[serde(default, deny_unknown_fields)]
 pub struct ClusterConfig {
     /// Prefix of every Redis key and channel.
+    #[serde(deserialize_with = "lenient_string")]
     pub name: String,
     /// This node's id; empty: hostname plus a random suffix.
+    #[serde(deserialize_with = "lenient_string")]
     pub node_id: String,
     /// Redis URL; empty: embedded single-node mode.
+    #[serde(deserialize_with = "lenient_string")]
     pub redis_url: String,
     /// Mode for `redis://` and `rediss://` URLs.
     pub redis_mode: RedisMode,
     /// PEM CA for TLS to Redis.
+    #[serde(deserialize_with = "lenient_string")]
     pub redis_ca_file: String,
     /// TTL of connection-to-node affinity records.
     #[serde(with = "humantime_serde")]
@@ -149,12 +158,16 @@ pub enum RoomPolicy {
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
     /// HMAC secret for HS* algorithms.
+    #[serde(deserialize_with = "lenient_string")]
     pub jwt_secret: String,
     /// PEM public key for RS*, ES*, EdDSA.
+    #[serde(deserialize_with = "lenient_string")]
     pub jwt_public_key_file: String,
     /// JWKS file.
+    #[serde(deserialize_with = "lenient_string")]
     pub jwks_file: String,
     /// JWKS URL, refreshed every `jwks_refresh`.
+    #[serde(deserialize_with = "lenient_string")]
     pub jwks_url: String,
     /// JWKS refresh interval.
     #[serde(with = "humantime_serde")]
@@ -163,8 +176,10 @@ pub struct AuthConfig {
     #[serde(deserialize_with = "string_list")]
     pub algorithms: Vec<String>,
     /// Required `iss`, when set.
+    #[serde(deserialize_with = "lenient_string")]
     pub issuer: String,
     /// Required `aud`, when set.
+    #[serde(deserialize_with = "lenient_string")]
     pub audience: String,
     /// Clock skew allowed on `exp` and `nbf`.
     #[serde(with = "humantime_serde")]
@@ -173,6 +188,7 @@ pub struct AuthConfig {
     #[serde(deserialize_with = "string_list")]
     pub query_params: Vec<String>,
     /// Cookie searched for a token, when set.
+    #[serde(deserialize_with = "lenient_string")]
     pub cookie: String,
     /// Rooms allowed to tokens without a `rooms` claim.
     pub default_room_policy: RoomPolicy,
@@ -239,6 +255,7 @@ impl Default for LimitsConfig {
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     /// The HTTP endpoint.
+    #[serde(deserialize_with = "lenient_string")]
     pub url: String,
     /// Per-call timeout.
     #[serde(default = "default_route_timeout", with = "humantime_serde")]
@@ -257,6 +274,7 @@ fn default_route_timeout() -> Duration {
 #[serde(default, deny_unknown_fields)]
 pub struct RoutesConfig {
     /// Where the route key is read from.
+    #[serde(deserialize_with = "lenient_string")]
     pub selection_expression: String,
     /// `$connect`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -331,6 +349,7 @@ pub struct PresenceConfig {
 #[serde(deny_unknown_fields)]
 pub struct ProxyConfig {
     /// Path prefix.
+    #[serde(deserialize_with = "lenient_string")]
     pub path: String,
     /// Upstream WebSocket URLs.
     pub upstreams: Vec<String>,
@@ -377,8 +396,10 @@ pub struct TelemetryConfig {
     /// Log format.
     pub log_format: LogFormat,
     /// OTLP endpoint for traces; empty is off.
+    #[serde(deserialize_with = "lenient_string")]
     pub otlp_endpoint: String,
     /// `service.name` of traces.
+    #[serde(deserialize_with = "lenient_string")]
     pub service_name: String,
 }
 

@@ -292,7 +292,13 @@ impl Session {
             if self.rejected >= self.app.config.limits.messages_burst {
                 return Some(End::Close(CloseCode::POLICY));
             }
-            self.error(None, ErrorCode::RateLimited, "over the message rate limit");
+            // The frame is decoded only for its request id (SPEC section 4: errors carry the
+            // id of the frame they answer), and nothing of it is acted on.
+            let id = match decode_client(self.conn.encoding, &bytes, is_text) {
+                Ok(frame) => frame.id().cloned(),
+                Err(e) => e.id,
+            };
+            self.error(id, ErrorCode::RateLimited, "over the message rate limit");
             return None;
         }
         self.rejected = 0;
