@@ -416,6 +416,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment's own closure signature
     fn flags_override_env_which_overrides_the_file() {
         figment::Jail::expect_with(|jail| {
             jail.clear_env();
