@@ -130,10 +130,14 @@ impl Node {
         let path = dir.path().join("node.toml");
         std::fs::write(&path, &opts.config).expect("write config");
         let mut cmd = Command::new(node_binary());
-        cmd.arg("--config")
-            .arg(&path)
-            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-            .args(&opts.args)
+        cmd.arg("--config").arg(&path);
+        // Free loopback ports, unless the test names its own.
+        for flag in ["--listen", "--admin-listen"] {
+            if !opts.args.iter().any(|a| a == flag) {
+                cmd.args([flag, "127.0.0.1:0"]);
+            }
+        }
+        cmd.args(&opts.args)
             .env("WSGATE_TELEMETRY__LOG_FORMAT", "json")
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())

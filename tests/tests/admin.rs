@@ -216,3 +216,17 @@ async fn non_loopback_admin_without_token_refuses_to_start() {
     assert!(!status.success());
     assert!(err.contains("admin.token"), "{err}");
 }
+
+#[tokio::test]
+async fn admin_insecure_allows_a_non_loopback_admin_listener() {
+    let node = Node::start_with(NodeOptions {
+        config: "[admin]\ninsecure = true\n".into(),
+        env: vec![],
+        args: vec!["--admin-listen".into(), "0.0.0.0:0".into()],
+    })
+    .await;
+    assert!(node.admin.ip().is_unspecified(), "{}", node.admin);
+    let (status, _) =
+        http_json(http().get(format!("http://127.0.0.1:{}/sessions", node.admin.port()))).await;
+    assert_eq!(status, 200, "no token asked for");
+}
