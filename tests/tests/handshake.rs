@@ -221,6 +221,31 @@ async fn refusal_order_full_before_origin_before_protocol_before_token() {
 }
 
 #[tokio::test]
+async fn refusal_order_draining_before_per_ip_before_origin() {
+    let config = "[server]\nallowed_origins = [\"https://ok\"]\ndrain_delay = \"5s\"\n[limits]\nmax_connections_per_ip = 1\n";
+    let node = Node::start(config).await;
+    let _held = node.connect().await;
+    let bad_origin = |r: &mut tokio_tungstenite::tungstenite::http::Request<()>| {
+        r.headers_mut()
+            .insert("origin", HeaderValue::from_static("https://bad"));
+    };
+    assert_eq!(
+        refusal(node.connect_req(bad_origin).await.err().unwrap()).0,
+        429,
+        "per-IP limit before origin"
+    );
+    node.signal("TERM");
+    eventually("draining", || async { node.get("/readyz").await.0 == 503 }).await;
+    let (status, body, retry_after) = refusal(node.connect_req(bad_origin).await.err().unwrap());
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (503, Some("unavailable")),
+        "draining before the per-IP limit"
+    );
+    assert!(retry_after.is_some(), "503 carries Retry-After");
+}
+
+#[tokio::test]
 async fn expired_tokens_the_jwt_parameter_and_no_token_in_logs() {
     let config = format!("{AUTH}leeway = \"0s\"\n");
     let node = Node::start_with(NodeOptions {
