@@ -959,8 +959,13 @@ impl Certs {
     }
 }
 
-/// Makes a CA and a server certificate in `dir`.
+/// Makes a CA and a server certificate for localhost and 127.0.0.1 in `dir`.
 pub fn make_certs(dir: &Path) -> Certs {
+    make_certs_named(dir, "localhost", Some("127.0.0.1".parse().unwrap()))
+}
+
+/// Makes a CA and a server certificate for `dns` (and `ip`, when given) in `dir`.
+pub fn make_certs_named(dir: &Path, dns: &str, ip: Option<std::net::IpAddr>) -> Certs {
     use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
     let ca_key = KeyPair::generate().unwrap();
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -973,13 +978,11 @@ pub fn make_certs(dir: &Path) -> Certs {
     let ca_cert = ca_params.self_signed(&ca_key).unwrap();
     let issuer = Issuer::new(ca_params, ca_key);
     let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "localhost");
-    params
-        .subject_alt_names
-        .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+    let mut params = CertificateParams::new(vec![dns.to_string()]).unwrap();
+    params.distinguished_name.push(DnType::CommonName, dns);
+    if let Some(ip) = ip {
+        params.subject_alt_names.push(SanType::IpAddress(ip));
+    }
     let cert = params.signed_by(&key, &issuer).unwrap();
     let write = |name: &str, body: String| {
         let p = dir.join(name);
@@ -1007,8 +1010,13 @@ pub struct RedisTls {
 impl RedisTls {
     /// Makes the certificates, starts the server, waits until it accepts TCP.
     pub async fn start() -> RedisTls {
+        Self::start_named("localhost", Some("127.0.0.1".parse().unwrap())).await
+    }
+
+    /// Like [`RedisTls::start`], with a server certificate for `dns` (and `ip`) only.
+    pub async fn start_named(dns: &str, ip: Option<std::net::IpAddr>) -> RedisTls {
         let dir = tempfile::tempdir().expect("temp dir");
-        let certs = make_certs(dir.path());
+        let certs = make_certs_named(dir.path(), dns, ip);
         let ca_file = certs.ca.clone();
         let port = free_port();
         let child = Command::new("redis-server")

@@ -44,3 +44,22 @@ async fn an_untrusted_certificate_fails_fast() {
     );
     assert!(err.contains("redis_ca_file"), "{err}");
 }
+
+#[tokio::test]
+async fn a_certificate_for_another_host_fails_fast() {
+    // Signed by the CA the node trusts, but issued to another name than the URL's host.
+    let redis = RedisTls::start_named("redis.example", None).await;
+    let err = start_refused(
+        &["--redis-url", &redis.url()],
+        &[(
+            "WSGATE_CLUSTER__REDIS_CA_FILE",
+            redis.ca_file.to_str().unwrap(),
+        )],
+    );
+    assert!(err.contains("cluster.redis_url"), "{err}");
+    assert!(
+        err.to_lowercase().contains("certificate"),
+        "the refusal names the certificate: {err}"
+    );
+    assert!(err.contains("NotValidForName"), "a name mismatch: {err}");
+}
