@@ -627,6 +627,17 @@ impl Redis {
         }
     }
 
+    /// Sends a signal (`STOP` freezes it: connections stay open and commands hang, a slow
+    /// Redis at its worst; `CONT` thaws it).
+    pub fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("redis-server running").id();
+        let status = Command::new("kill")
+            .args([&format!("-{sig}"), &pid.to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
     /// Starts it again on the same port, empty.
     pub async fn restart(&mut self) {
         self.kill();

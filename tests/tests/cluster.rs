@@ -356,6 +356,53 @@ async fn redis_outage_is_survived() {
 }
 
 #[tokio::test]
+async fn a_frozen_redis_does_not_stall_local_traffic() {
+    let redis = Redis::start().await;
+    let nodes = cluster(&redis, 2).await;
+    let mut a = nodes[0].connect().await;
+    let mut a2 = nodes[0].connect().await;
+    let mut b = nodes[1].connect().await;
+    for client in [&mut a, &mut a2, &mut b] {
+        client
+            .request(json!({"action":"join","room":"r","id":1}))
+            .await;
+    }
+    settle(&mut a, "r", &mut [&mut b, &mut a2]).await;
+    a.drain(Duration::from_millis(50)).await;
+
+    redis.signal("STOP");
+    // Every Redis command now hangs (up to the 2 s command timeout): local fan-out, pings and
+    // new connections must not wait for any of them. A single wait would take 2 s, so the
+    // bound below tells waiting from not waiting with a wide margin on a loaded machine.
+    let start = std::time::Instant::now();
+    for i in 0..50 {
+        a.send(json!({"action":"publish","room":"r","data":i,"exclude_self":true}))
+            .await;
+    }
+    for i in 0..50 {
+        assert_eq!(a2.recv().await["data"], i);
+    }
+    assert_eq!(
+        a.request(json!({"action":"ping","id":9})).await["type"],
+        "pong"
+    );
+    assert!(
+        start.elapsed() < Duration::from_millis(1900),
+        "local traffic waited for Redis: {:?}",
+        start.elapsed()
+    );
+    let mut late = nodes[0].connect().await;
+    assert_eq!(
+        late.request(json!({"action":"ping","id":1})).await["type"],
+        "pong",
+        "a connection opened while Redis is frozen is served"
+    );
+
+    redis.signal("CONT");
+    settle(&mut a, "r", &mut [&mut b]).await;
+}
+
+#[tokio::test]
 async fn a_wrong_redis_url_fails_fast() {
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
