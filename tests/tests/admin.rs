@@ -26,6 +26,8 @@ async fn health_and_every_metric_from_start() {
         "wsgate_redis_up",
         "wsgate_rooms_active",
         "wsgate_proxy_sessions_active",
+        "wsgate_bus_malformed_envelopes_total",
+        "wsgate_bus_dropped_total",
     ] {
         let v = node.metric(name).await;
         let expected = if name == "wsgate_redis_up" { 1.0 } else { 0.0 };

@@ -302,7 +302,11 @@ async fn redis_outage_is_survived() {
         a.request(json!({"action":"ping","id":5})).await["type"],
         "pong"
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    eventually(
+        "envelopes dropped while Redis is away are counted",
+        || async { nodes[0].metric("wsgate_bus_dropped_total").await > 0.0 },
+    )
+    .await;
 
     redis.restart().await;
     eventually("redis_up back to 1", || async {
@@ -448,6 +452,8 @@ async fn malformed_envelopes_are_dropped_and_logged() {
     // Five bad envelopes within the 10 s interval: one line, not one per envelope.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(logged(), 1, "{:?}", node.logs());
+    node.metric_settles("wsgate_bus_malformed_envelopes_total", 5.0)
+        .await;
     // The node is unharmed and the member still gets real messages.
     let mut publisher = node.connect().await;
     publisher

@@ -37,6 +37,11 @@ pub const ROOMS_ACTIVE: &str = "wsgate_rooms_active";
 /// `wsgate_proxy_sessions_active`.
 pub const PROXY_SESSIONS_ACTIVE: &str = "wsgate_proxy_sessions_active";
 
+/// `wsgate_bus_malformed_envelopes_total` (wsgate's addition to SPEC section 10).
+pub const BUS_MALFORMED: &str = "wsgate_bus_malformed_envelopes";
+/// `wsgate_bus_dropped_total` (wsgate's addition to SPEC section 10).
+pub const BUS_DROPPED: &str = "wsgate_bus_dropped";
+
 /// Reasons of `wsgate_auth_failures_total`.
 pub const AUTH_REASONS: [&str; 3] = ["missing", "invalid", "expired"];
 
@@ -164,6 +169,19 @@ impl Collector for RouterCollector {
             "1 when the cluster bus is connected (always 1 in embedded mode)",
             None,
             MetricType::Gauge,
+        )?)?;
+        let bus = router.bus().stats();
+        ConstCounter::new(bus.malformed).encode(encoder.encode_descriptor(
+            BUS_MALFORMED,
+            "Envelopes from other nodes that could not be decoded and were dropped",
+            None,
+            MetricType::Counter,
+        )?)?;
+        ConstCounter::new(bus.dropped).encode(encoder.encode_descriptor(
+            BUS_DROPPED,
+            "Envelopes for other nodes dropped because Redis was down or the queue to it full",
+            None,
+            MetricType::Counter,
         )?)?;
         let rooms = ConstGauge::new(router.room_count() as i64);
         rooms.encode(encoder.encode_descriptor(

@@ -25,6 +25,15 @@ use protocol::{ConnectionId, Envelope, RoomName};
 use crate::error::BusError;
 use crate::router::{ConnectionView, NodeView, RoomPresence};
 
+/// Counters of what a bus dropped since the node started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BusStats {
+    /// Envelopes from other nodes that could not be decoded (dropped, logged once per interval).
+    pub malformed: u64,
+    /// Envelopes for other nodes dropped because the bus was down or its queue full.
+    pub dropped: u64,
+}
+
 /// A boxed future, so that `Bus` can be used as a trait object.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -91,6 +100,11 @@ pub trait Bus: Send + Sync + 'static {
 
     /// Whether the bus is connected (`wsgate_redis_up`).
     fn is_up(&self) -> bool;
+
+    /// What the bus lost and why, for the node's metrics: a bus that drops must say so.
+    fn stats(&self) -> BusStats {
+        BusStats::default()
+    }
 
     /// Leaves the cluster: removes this node's registration and affinities (end of drain).
     fn shutdown(&self) -> BoxFuture<'_, ()>;

@@ -526,6 +526,13 @@ impl Bus for RedisBus {
         })
     }
 
+    fn stats(&self) -> super::BusStats {
+        super::BusStats {
+            malformed: self.malformed(),
+            dropped: self.dropped(),
+        }
+    }
+
     fn is_up(&self) -> bool {
         self.inner.up()
     }
