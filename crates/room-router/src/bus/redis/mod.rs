@@ -139,11 +139,8 @@ impl RedisBus {
             config.tls = Some(tls_connector(opts.ca_file.as_deref())?.into());
         }
         let mut builder = Builder::from_config(config);
-        // Backoff from 100 ms to 2 s with jitter, forever: Redis coming back is the normal case.
-        let mut policy = ReconnectPolicy::new_exponential(0, 100, 2_000, 2);
-        policy.set_jitter(100);
         builder
-            .set_policy(policy)
+            .set_policy(reconnect_policy())
             .with_connection_config(|c| {
                 c.connection_timeout = Duration::from_secs(2);
                 c.internal_command_timeout = Duration::from_secs(2);
@@ -262,6 +259,15 @@ impl RedisBus {
     pub fn dropped(&self) -> u64 {
         self.inner.dropped.load(Ordering::Relaxed)
     }
+}
+
+/// Backoff from 100 ms to 2 s, doubling, with up to 100 ms of jitter per step on the way up so
+/// that a fleet of nodes does not reconnect in step (the phase it leaves holds at the cap);
+/// forever, since Redis coming back is the normal case.
+fn reconnect_policy() -> ReconnectPolicy {
+    let mut policy = ReconnectPolicy::new_exponential(0, 100, 2_000, 2);
+    policy.set_jitter(100);
+    policy
 }
 
 /// `init` on either client kind, so both start the same way.
@@ -565,5 +571,28 @@ impl Bus for RedisBus {
             let _ = inner.subscriber.quit().await;
             let _ = inner.client.quit().await;
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delays(n: usize) -> Vec<u64> {
+        let mut p = reconnect_policy();
+        (0..n)
+            .map(|_| p.next_delay().expect("never gives up"))
+            .collect()
+    }
+
+    #[test]
+    fn reconnects_back_off_with_jitter_forever() {
+        let d = delays(1_000);
+        assert!(d[0] <= 200, "starts near 100 ms: {:?}", &d[..5]);
+        assert!(d.iter().all(|&x| x <= 2_100), "capped near 2 s");
+        assert!(d[10..].iter().all(|&x| x >= 2_000), "reaches the cap");
+        // Jitter on the way up (fred caps it away at the cap), which leaves each node's
+        // retries at its own phase: two schedules differ (equal by chance: 1 in 100^5).
+        assert_ne!(delays(20), delays(20));
     }
 }
