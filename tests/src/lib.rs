@@ -851,7 +851,9 @@ pub struct RedisSentinel {
     others: Vec<Child>,
     /// Primary, replica, sentinel ports.
     pub ports: (u16, u16, u16),
+    tls_ca: Option<PathBuf>,
     _dir: tempfile::TempDir,
+    _certs: Option<tempfile::TempDir>,
 }
 
 fn spawn_redis(dir: &Path, args: &[String]) -> Child {
@@ -867,10 +869,41 @@ fn spawn_redis(dir: &Path, args: &[String]) -> Child {
 impl RedisSentinel {
     /// Starts the three processes and waits until the Sentinel knows the replica.
     pub async fn start() -> RedisSentinel {
+        Self::start_with(None).await
+    }
+
+    /// Like [`RedisSentinel::start`], every process speaking only TLS (replication and the
+    /// Sentinel's own links included) with certificates made for the test; the CA file is
+    /// returned for the nodes to trust.
+    pub async fn start_tls() -> (RedisSentinel, PathBuf) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let certs = make_certs(dir.path());
+        let ca = dir.path().join("ca-copy.pem");
+        std::fs::copy(&certs.ca, &ca).unwrap();
+        let mut this = Self::start_with(Some(&certs)).await;
+        this._certs = Some(dir);
+        (this, ca)
+    }
+
+    async fn start_with(tls: Option<&Certs>) -> RedisSentinel {
         let dir = tempfile::tempdir().expect("temp dir");
         let (p, r, s) = (free_port(), free_port(), free_port());
         let base = |port: u16| {
-            let mut args = vec!["--port".to_string(), port.to_string()];
+            let mut args = match tls {
+                None => vec!["--port".to_string(), port.to_string()],
+                Some(c) => {
+                    let mut a = vec![
+                        "--port".to_string(),
+                        "0".into(),
+                        "--tls-port".into(),
+                        port.to_string(),
+                        "--tls-replication".into(),
+                        "yes".into(),
+                    ];
+                    a.extend(c.server_args());
+                    a
+                }
+            };
             args.extend(redis_args());
             args
         };
@@ -879,10 +912,20 @@ impl RedisSentinel {
         replica_args.extend(["--replicaof".into(), "127.0.0.1".into(), p.to_string()]);
         let replica = spawn_redis(dir.path(), &replica_args);
         let conf = dir.path().join("sentinel.conf");
+        let listen = match tls {
+            None => format!("port {s}\n"),
+            Some(c) => format!(
+                "port 0\ntls-port {s}\ntls-replication yes\ntls-auth-clients no\n\
+                 tls-cert-file {}\ntls-key-file {}\ntls-ca-cert-file {}\n",
+                c.cert.display(),
+                c.key.display(),
+                c.ca.display()
+            ),
+        };
         std::fs::write(
             &conf,
             format!(
-                "port {s}\nbind 127.0.0.1\nsentinel monitor mymaster 127.0.0.1 {p} 1\n\
+                "{listen}bind 127.0.0.1\nsentinel monitor mymaster 127.0.0.1 {p} 1\n\
                  sentinel down-after-milliseconds mymaster 1000\nsentinel failover-timeout mymaster 5000\n\
                  sentinel parallel-syncs mymaster 1\n"
             ),
@@ -896,16 +939,33 @@ impl RedisSentinel {
             primary: Some(primary),
             others: vec![replica, sentinel],
             ports: (p, r, s),
+            tls_ca: tls.map(|c| c.ca.clone()),
             _dir: dir,
+            _certs: None,
         };
         let start = Instant::now();
-        while !redis_cli(s, &["SENTINEL", "REPLICAS", "mymaster"]).contains(&r.to_string())
-            || !redis_cli(r, &["INFO", "replication"]).contains("master_link_status:up")
+        while !this
+            .cli(s, &["SENTINEL", "REPLICAS", "mymaster"])
+            .contains(&r.to_string())
+            || !this
+                .cli(r, &["INFO", "replication"])
+                .contains("master_link_status:up")
         {
             assert!(start.elapsed() < WAIT * 2, "sentinel never saw the replica");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         this
+    }
+
+    /// `redis-cli` against one of the processes, over TLS when they speak it.
+    fn cli(&self, port: u16, args: &[&str]) -> String {
+        let mut cmd = Command::new("redis-cli");
+        cmd.args(["-p", &port.to_string()]);
+        if let Some(ca) = &self.tls_ca {
+            cmd.args(["--tls", "--cacert", ca.to_str().unwrap()]);
+        }
+        let out = cmd.args(args).output().expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// `redis-sentinel://127.0.0.1:SENTINEL/mymaster`.
@@ -923,7 +983,7 @@ impl RedisSentinel {
 
     /// The primary's port as the Sentinel reports it now.
     pub fn current_primary(&self) -> Option<u16> {
-        redis_cli(
+        self.cli(
             self.ports.2,
             &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", "mymaster"],
         )

@@ -41,3 +41,28 @@ async fn failover_under_traffic() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn tls_to_the_sentinels_and_the_primary() {
+    let (redis, ca) = RedisSentinel::start_tls().await;
+    let url = redis
+        .url()
+        .replace("redis-sentinel://", "rediss-sentinel://");
+    let config = format!(
+        "[cluster]\nname = \"{}\"\nredis_url = \"{url}\"\nredis_ca_file = \"{}\"\nnode_heartbeat = \"200ms\"\n",
+        cluster_name(),
+        ca.display()
+    );
+    let a_node = Node::start(&config).await;
+    let b_node = Node::start(&config).await;
+    let mut a = a_node.connect().await;
+    let mut b = b_node.connect().await;
+    a.request(json!({"action":"join","room":"r","id":1})).await;
+    b.request(json!({"action":"join","room":"r","id":1})).await;
+    until_delivered(&mut a, &mut b, "r", "through a TLS sentinel setup").await;
+    let (status, _) = a_node.get(&format!("/@connections/{}", b.id())).await;
+    assert_eq!(status, 200);
+    // Without the CA, the sentinels' certificate is refused at start.
+    let err = start_refused(&["--redis-url", &url], &[]);
+    assert!(err.contains("cluster.redis_url"), "{err}");
+}
