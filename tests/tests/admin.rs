@@ -159,9 +159,12 @@ async fn room_messages_and_members() {
 
 #[tokio::test]
 async fn sessions_and_cluster() {
-    let node = Node::start("").await;
-    let a = node.connect().await;
-    let _b = node.connect().await;
+    let config = "[auth]\njwt_secret = \"s\"\n";
+    let node = Node::start(config).await;
+    let token = mint_token(config, "dora", None, "1h").unwrap();
+    let mut a = connect_bearer(&node, &token).await.unwrap();
+    let _b = connect_bearer(&node, &token).await.unwrap();
+    a.request(json!({"action":"join","room":"x","id":1})).await;
     let (status, body) = node.get("/sessions").await;
     assert_eq!(status, 200);
     let sessions = body["sessions"].as_array().unwrap();
@@ -174,6 +177,11 @@ async fn sessions_and_cluster() {
     assert_eq!(s["path"], "/ws");
     assert!(s["remote_addr"].as_str().unwrap().starts_with("127.0.0.1:"));
     assert!(s["connected_at"].is_string());
+    assert_eq!(s["sub"], "dora");
+    assert!(
+        s["upstream"].is_null(),
+        "a room session has no upstream: {s}"
+    );
 
     let (status, body) = node.get("/cluster").await;
     assert_eq!(status, 200);
@@ -181,6 +189,11 @@ async fn sessions_and_cluster() {
     assert_eq!(body["nodes"].as_array().unwrap().len(), 1);
     assert_eq!(body["nodes"][0]["id"], node.node_id.as_str());
     assert_eq!(body["nodes"][0]["connections"], 2);
+    assert_eq!(body["nodes"][0]["rooms"], 1);
+    assert!(body["nodes"][0]["last_seen"]
+        .as_str()
+        .unwrap()
+        .ends_with('Z'));
 }
 
 #[tokio::test]
