@@ -12,8 +12,8 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+mod env;
 mod lists;
-mod scalars;
 mod sections;
 
 pub use sections::*;
@@ -133,10 +133,11 @@ impl Config {
             figment = figment.merge(Toml::file_exact(path));
         }
         figment = figment
-            .merge(env)
+            .merge(env::RawEnv(env))
             .merge(Serialized::defaults(flags.figment_value()));
+        // Lossy: environment values arrive as text, and numbers and booleans are read from it.
         let config: Config = figment
-            .extract()
+            .extract_lossy()
             .map_err(|e| ConfigError::Load(Box::new(e)))?;
         config.validate()?;
         Ok(config)
@@ -400,19 +401,27 @@ mod tests {
         let c = load(
             "",
             &[
-                ("WSGATE_AUTH__JWT_SECRET", "123456"),
+                ("WSGATE_AUTH__JWT_SECRET", "0123"),
                 ("WSGATE_ADMIN__TOKEN", "true"),
-                ("WSGATE_CLUSTER__NODE_ID", "7"),
-                ("WSGATE_CLUSTER__NAME", "1.5"),
+                ("WSGATE_CLUSTER__NODE_ID", "+7"),
+                ("WSGATE_CLUSTER__NAME", "1.10"),
+                ("WSGATE_LIMITS__MAX_CONNECTIONS", "12"),
+                ("WSGATE_ADMIN__INSECURE", "true"),
             ],
         )
         .unwrap();
-        assert_eq!(c.auth.unwrap().jwt_secret, "123456");
+        // Exactly as written, not as the number or boolean it looks like.
+        assert_eq!(c.auth.unwrap().jwt_secret, "0123");
         assert_eq!(c.admin.token, "true");
         assert_eq!(
             (c.cluster.node_id.as_str(), c.cluster.name.as_str()),
-            ("7", "1.5")
+            ("+7", "1.10")
         );
+        // Keys that want numbers and booleans still get them.
+        assert_eq!(c.limits.max_connections, 12);
+        assert!(c.admin.insecure);
+        let e = load("", &[("WSGATE_LIMITS__MAX_CONNECTIONS", "many")]).unwrap_err();
+        assert!(e.to_string().to_lowercase().contains("max_connections"), "{e}");
     }
 
     #[test]

@@ -8,7 +8,6 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::lists::string_list;
-use super::scalars::lenient_string;
 
 /// `[server]`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -17,7 +16,6 @@ pub struct ServerConfig {
     /// Client listener address.
     pub listen: SocketAddr,
     /// WebSocket path.
-    #[serde(deserialize_with = "lenient_string")]
     pub path: String,
     /// Allowed `Origin` values; empty allows any.
     #[serde(deserialize_with = "string_list")]
@@ -41,10 +39,8 @@ pub struct ServerConfig {
     #[serde(with = "humantime_serde")]
     pub drain_period: Duration,
     /// PEM certificate chain for wss://.
-    #[serde(deserialize_with = "lenient_string")]
     pub tls_cert_file: String,
     /// PEM private key for wss://.
-    #[serde(deserialize_with = "lenient_string")]
     pub tls_key_file: String,
 }
 
@@ -73,7 +69,6 @@ pub struct AdminConfig {
     /// Admin listener address.
     pub listen: SocketAddr,
     /// Bearer token required on everything but `/metrics`, `/healthz`, `/readyz`.
-    #[serde(deserialize_with = "lenient_string")]
     pub token: String,
     /// Allow a non-loopback admin listener without a token.
     pub insecure: bool,
@@ -107,18 +102,14 @@ pub enum RedisMode {
 #[serde(default, deny_unknown_fields)]
 pub struct ClusterConfig {
     /// Prefix of every Redis key and channel.
-    #[serde(deserialize_with = "lenient_string")]
     pub name: String,
     /// This node's id; empty: hostname plus a random suffix.
-    #[serde(deserialize_with = "lenient_string")]
     pub node_id: String,
     /// Redis URL; empty: embedded single-node mode.
-    #[serde(deserialize_with = "lenient_string")]
     pub redis_url: String,
     /// Mode for `redis://` and `rediss://` URLs.
     pub redis_mode: RedisMode,
     /// PEM CA for TLS to Redis.
-    #[serde(deserialize_with = "lenient_string")]
     pub redis_ca_file: String,
     /// TTL of connection-to-node affinity records.
     #[serde(with = "humantime_serde")]
@@ -158,16 +149,12 @@ pub enum RoomPolicy {
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
     /// HMAC secret for HS* algorithms.
-    #[serde(deserialize_with = "lenient_string")]
     pub jwt_secret: String,
     /// PEM public key for RS*, ES*, EdDSA.
-    #[serde(deserialize_with = "lenient_string")]
     pub jwt_public_key_file: String,
     /// JWKS file.
-    #[serde(deserialize_with = "lenient_string")]
     pub jwks_file: String,
     /// JWKS URL, refreshed every `jwks_refresh`.
-    #[serde(deserialize_with = "lenient_string")]
     pub jwks_url: String,
     /// JWKS refresh interval.
     #[serde(with = "humantime_serde")]
@@ -176,10 +163,8 @@ pub struct AuthConfig {
     #[serde(deserialize_with = "string_list")]
     pub algorithms: Vec<String>,
     /// Required `iss`, when set.
-    #[serde(deserialize_with = "lenient_string")]
     pub issuer: String,
     /// Required `aud`, when set.
-    #[serde(deserialize_with = "lenient_string")]
     pub audience: String,
     /// Clock skew allowed on `exp` and `nbf`.
     #[serde(with = "humantime_serde")]
@@ -188,7 +173,6 @@ pub struct AuthConfig {
     #[serde(deserialize_with = "string_list")]
     pub query_params: Vec<String>,
     /// Cookie searched for a token, when set.
-    #[serde(deserialize_with = "lenient_string")]
     pub cookie: String,
     /// Rooms allowed to tokens without a `rooms` claim.
     pub default_room_policy: RoomPolicy,
@@ -255,7 +239,6 @@ impl Default for LimitsConfig {
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     /// The HTTP endpoint.
-    #[serde(deserialize_with = "lenient_string")]
     pub url: String,
     /// Per-call timeout.
     #[serde(default = "default_route_timeout", with = "humantime_serde")]
@@ -274,7 +257,6 @@ fn default_route_timeout() -> Duration {
 #[serde(default, deny_unknown_fields)]
 pub struct RoutesConfig {
     /// Where the route key is read from.
-    #[serde(deserialize_with = "lenient_string")]
     pub selection_expression: String,
     /// `$connect`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -349,7 +331,6 @@ pub struct PresenceConfig {
 #[serde(deny_unknown_fields)]
 pub struct ProxyConfig {
     /// Path prefix.
-    #[serde(deserialize_with = "lenient_string")]
     pub path: String,
     /// Upstream WebSocket URLs.
     pub upstreams: Vec<String>,
@@ -396,10 +377,8 @@ pub struct TelemetryConfig {
     /// Log format.
     pub log_format: LogFormat,
     /// OTLP endpoint for traces; empty is off.
-    #[serde(deserialize_with = "lenient_string")]
     pub otlp_endpoint: String,
     /// `service.name` of traces.
-    #[serde(deserialize_with = "lenient_string")]
     pub service_name: String,
 }
 
