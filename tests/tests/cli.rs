@@ -45,6 +45,11 @@ fn invalid_config_exits_non_zero_naming_the_key() {
             "auth.algorithms",
         ),
         // Accepted by the parser, refused by the node: check-config refuses them too.
+        ("[cluster]\nredis_url = \"nonsense://x\"\n", "cluster.redis_url"),
+        (
+            "[cluster]\nredis_url = \"rediss://127.0.0.1:1\"\nredis_ca_file = \"/nonexistent.pem\"\n",
+            "redis_ca_file",
+        ),
         (
             "[auth]\nalgorithms = [\"RS256\"]\njwt_public_key_file = \"/nonexistent.pem\"\n",
             "auth.jwt_public_key_file",

@@ -56,6 +56,10 @@ pub struct Listeners {
 /// would refuse at start. `check-config` runs it too, so a configuration it accepts starts.
 pub fn preflight(config: &Config) -> anyhow::Result<Option<Authenticator>> {
     check_supported(config)?;
+    if !config.embedded() {
+        RedisBus::check(&redis_options(config, NodeId::new("preflight")))
+            .context("cluster.redis_url")?;
+    }
     config
         .auth
         .as_ref()
@@ -90,6 +94,24 @@ fn check_supported(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The Redis bus's options from `[cluster]`.
+fn redis_options(config: &Config, node: NodeId) -> RedisOptions {
+    let c = &config.cluster;
+    RedisOptions {
+        url: c.redis_url.clone(),
+        mode: match c.redis_mode {
+            RedisMode::Standalone => BusRedisMode::Standalone,
+            RedisMode::Cluster => BusRedisMode::Cluster,
+            RedisMode::Sentinel => BusRedisMode::Sentinel,
+        },
+        cluster: c.name.clone(),
+        node,
+        affinity_ttl: c.affinity_ttl,
+        node_heartbeat: c.node_heartbeat,
+        ca_file: (!c.redis_ca_file.is_empty()).then(|| c.redis_ca_file.clone().into()),
+    }
+}
+
 /// This node's id: `cluster.node_id`, else the hostname plus a random suffix.
 fn node_id(config: &Config) -> NodeId {
     if !config.cluster.node_id.is_empty() {
@@ -114,23 +136,10 @@ pub async fn run(
     let bus: Arc<dyn Bus> = if config.embedded() {
         Arc::new(LocalBus::standalone(node.clone()))
     } else {
-        let c = &config.cluster;
         Arc::new(
-            RedisBus::connect(RedisOptions {
-                url: c.redis_url.clone(),
-                mode: match c.redis_mode {
-                    RedisMode::Standalone => BusRedisMode::Standalone,
-                    RedisMode::Cluster => BusRedisMode::Cluster,
-                    RedisMode::Sentinel => BusRedisMode::Sentinel,
-                },
-                cluster: c.name.clone(),
-                node: node.clone(),
-                affinity_ttl: c.affinity_ttl,
-                node_heartbeat: c.node_heartbeat,
-                ca_file: (!c.redis_ca_file.is_empty()).then(|| c.redis_ca_file.clone().into()),
-            })
-            .await
-            .context("cluster.redis_url")?,
+            RedisBus::connect(redis_options(&config, node.clone()))
+                .await
+                .context("cluster.redis_url")?,
         )
     };
     let router = Router::new(

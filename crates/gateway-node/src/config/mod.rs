@@ -421,7 +421,10 @@ mod tests {
         assert_eq!(c.limits.max_connections, 12);
         assert!(c.admin.insecure);
         let e = load("", &[("WSGATE_LIMITS__MAX_CONNECTIONS", "many")]).unwrap_err();
-        assert!(e.to_string().to_lowercase().contains("max_connections"), "{e}");
+        assert!(
+            e.to_string().to_lowercase().contains("max_connections"),
+            "{e}"
+        );
     }
 
     #[test]

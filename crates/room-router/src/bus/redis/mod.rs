@@ -128,6 +128,17 @@ fn now_ms() -> u64 {
 }
 
 impl RedisBus {
+    /// Checks what can be checked without the network: the URL and, for TLS, the CA file.
+    /// `connect` fails on the same things; this lets a configuration check say so up front.
+    pub fn check(opts: &RedisOptions) -> Result<(), BusError> {
+        let target = url::parse(&opts.url, opts.mode)
+            .map_err(|e| BusError::Backend(format!("invalid redis URL: {e}")))?;
+        if target.tls {
+            tls_connector(opts.ca_file.as_deref())?;
+        }
+        Ok(())
+    }
+
     /// Connects to Redis. Fails fast (a few seconds) on a wrong URL or an unreachable server;
     /// once connected, losing Redis is survived.
     pub async fn connect(opts: RedisOptions) -> Result<RedisBus, BusError> {
