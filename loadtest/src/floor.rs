@@ -29,6 +29,9 @@ use crate::worker::histogram;
 /// Bytes of a record that carry its burst's start time.
 const STAMP: usize = 8;
 
+/// How long connecting every member may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Connections one process may hold here, two descriptors each, under the 20,000-file limit.
 pub const MAX_MEMBERS: u64 = 9_000;
 
@@ -101,19 +104,47 @@ fn measure(args: &FloorArgs) -> anyhow::Result<Measured> {
         })
     };
 
+    // Accepted without blocking, so that a receiver that failed (and will never connect)
+    // ends the run instead of hanging it.
+    listener.set_nonblocking(true)?;
+    let deadline = Instant::now() + CONNECT_TIMEOUT;
     let mut sockets = Vec::with_capacity(members);
     while sockets.len() < members {
-        let (s, _) = listener.accept().context("accepting a member")?;
-        s.set_nodelay(true)?;
-        s.set_nonblocking(true)?;
-        sockets.push(s);
+        match listener.accept() {
+            Ok((s, _)) => {
+                s.set_nonblocking(true)?;
+                s.set_nodelay(true)?;
+                sockets.push(s);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if receiver.is_finished() || Instant::now() > deadline {
+                    stop.store(true, Ordering::Relaxed);
+                    return match receiver.join() {
+                        Ok(Err(e)) => Err(e.context("the receiver failed")),
+                        _ => Err(anyhow::anyhow!(
+                            "only {} of {members} members connected",
+                            sockets.len()
+                        )),
+                    };
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(e) => return Err(e).context("accepting a member"),
+        }
     }
     connected_rx
-        .recv_timeout(Duration::from_secs(60))
+        .recv_timeout(CONNECT_TIMEOUT)
         .context("the receiver did not connect")??;
 
     let result = send(args, &sockets, size, base);
-    std::thread::sleep(args.grace);
+    // Stragglers: until everything sent was read, or the grace is over.
+    let grace_end = Instant::now() + args.grace;
+    if let Ok(sent) = &result {
+        while received.records.load(Ordering::Relaxed) < sent.records && Instant::now() < grace_end
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
     stop.store(true, Ordering::Relaxed);
     drop(sockets);
     let receiver_result = receiver
@@ -140,7 +171,8 @@ fn measure(args: &FloorArgs) -> anyhow::Result<Measured> {
 struct Sent {
     bursts: u64,
     records: u64,
-    /// Sends that did not take the whole record at once (the socket pushed back).
+    /// Sends that did not take the whole record at once (the socket pushed back); after a
+    /// partial one, that connection is left out.
     short: u64,
     span_us: Histogram<u64>,
     cpu_seconds: f64,
@@ -162,6 +194,9 @@ fn send(
         span_us: histogram(),
         cpu_seconds: 0.0,
     };
+    // A connection whose socket took part of a record is out of step (the reader frames by
+    // size): it gets nothing more, and the part it got is never counted.
+    let mut in_step = vec![true; sockets.len()];
     let cpu_before = thread_cpu_seconds();
     let start = Instant::now();
     for burst in 0..bursts {
@@ -172,10 +207,16 @@ fn send(
         let t0 = Instant::now();
         let stamp = t0.duration_since(base).as_nanos() as u64;
         record[..STAMP].copy_from_slice(&stamp.to_le_bytes());
-        for mut s in sockets {
+        for (mut s, ok) in sockets.iter().zip(in_step.iter_mut()) {
+            if !*ok {
+                continue;
+            }
             match s.write(&record) {
                 Ok(n) if n == size => out.records += 1,
-                Ok(_) => out.short += 1,
+                Ok(_) => {
+                    out.short += 1;
+                    *ok = false;
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => out.short += 1,
                 Err(e) => return Err(e).context("sending to a member"),
             }
@@ -382,16 +423,32 @@ fn thread_cpu_seconds() -> f64 {
 mod tests {
     use super::*;
 
+    /// A CPU this process may run on (CPU 0 may not be one of them).
+    fn allowed_cpu() -> usize {
+        // SAFETY: a zeroed set is valid; sched_getaffinity fills it for this thread.
+        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        // SAFETY: pid 0 is this thread; `set` is a valid set of the given size.
+        let rc =
+            unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+        assert_eq!(rc, 0);
+        // SAFETY: CPU_ISSET reads inside the set.
+        (0..libc::CPU_SETSIZE as usize)
+            .find(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+            .expect("some CPU is allowed")
+    }
+
     #[test]
     fn a_short_run_delivers_every_record() {
+        let cpu = allowed_cpu();
         let args = FloorArgs {
             members: 20,
             rate: 50,
             duration: Duration::from_millis(200),
             size: 40,
-            sender_cpu: 0,
-            receiver_cpu: 0,
-            grace: Duration::from_millis(300),
+            sender_cpu: cpu,
+            receiver_cpu: cpu,
+            // The most it waits: it stops as soon as everything sent was read.
+            grace: Duration::from_secs(10),
             out: None,
         };
         let m = measure(&args).unwrap();

@@ -179,7 +179,7 @@ impl Collector for RouterCollector {
         )?)?;
         ConstCounter::new(bus.dropped).encode(encoder.encode_descriptor(
             BUS_DROPPED,
-            "Envelopes for other nodes dropped because Redis was down or the queue to it full",
+            "Envelopes lost between this node and Redis: not sent (Redis down, queue full) or not read in time",
             None,
             MetricType::Counter,
         )?)?;

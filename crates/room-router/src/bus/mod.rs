@@ -30,7 +30,8 @@ use crate::router::{ConnectionView, NodeView, RoomPresence};
 pub struct BusStats {
     /// Envelopes from other nodes that could not be decoded (dropped, logged once per interval).
     pub malformed: u64,
-    /// Envelopes for other nodes dropped because the bus was down or its queue full.
+    /// Envelopes lost on the way: for other nodes, not sent because the bus was down or its
+    /// queue full; from other nodes, not read in time (the reader fell behind).
     pub dropped: u64,
 }
 

@@ -81,8 +81,11 @@ use tls::tls_connector;
 /// Room envelopes waiting to be published: bounded in count and in bytes, so a slow Redis
 /// drops instead of growing (16,384 messages of 128 KiB would otherwise be 2 GiB).
 const PUBLISH_QUEUE: usize = 16_384;
-/// Bytes of envelopes waiting to be published, at most.
+/// Bytes of envelopes waiting to be published or being published, at most.
 const PUBLISH_QUEUE_BYTES: usize = 32 << 20;
+/// Replies to other nodes' queries sent at once; past that, a query goes unanswered and its
+/// asker times out, rather than tasks piling up behind a slow Redis.
+const REPLIES_IN_FLIGHT: usize = 256;
 /// How long a query to another node may take.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long the first connection may take before start-up fails.
@@ -104,6 +107,8 @@ struct Inner {
     affinity: Mutex<AffinityWork>,
     affinity_notify: Notify,
     queries: DashMap<u64, oneshot::Sender<Reply>>,
+    /// Replies to other nodes' queries being sent ([`REPLIES_IN_FLIGHT`] at most).
+    reply_permits: Arc<tokio::sync::Semaphore>,
     next_query: AtomicU64,
     malformed: AtomicU64,
     dropped: AtomicU64,
@@ -157,6 +162,10 @@ impl RedisBus {
                 c.internal_command_timeout = Duration::from_secs(2);
                 // Commands issued while disconnected fail rather than pile up.
                 c.max_command_buffer_len = 10_000;
+                // A command in flight when the connection drops is not sent again: a PUBLISH
+                // that Redis had already delivered would arrive twice (at most once, SPEC
+                // section 7). What must be rewritten after a reconnect is, by its own task.
+                c.max_command_attempts = 1;
             })
             .with_performance_config(|p| {
                 p.default_command_timeout = Duration::from_secs(2);
@@ -195,6 +204,7 @@ impl RedisBus {
             affinity: Mutex::new(AffinityWork::default()),
             affinity_notify: Notify::new(),
             queries: DashMap::new(),
+            reply_permits: Arc::new(tokio::sync::Semaphore::new(REPLIES_IN_FLIGHT)),
             next_query: AtomicU64::new(1),
             malformed: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
@@ -378,25 +388,26 @@ impl Bus for RedisBus {
         let channel = self.inner.keys.room(room.as_str());
         let bytes = Bytes::from(envelope.encode());
         let len = bytes.len();
-        let queued = self
-            .inner
-            .publish_queued_bytes
-            .fetch_add(len, Ordering::Relaxed);
-        let sent = if queued + len > PUBLISH_QUEUE_BYTES {
-            Err(())
-        } else {
-            self.inner
-                .publish_tx
-                .try_send((channel, bytes))
-                .map_err(|_| ())
-        };
-        sent.map_err(|()| {
-            self.inner
-                .publish_queued_bytes
-                .fetch_sub(len, Ordering::Relaxed);
+        let overloaded = || {
             self.inner.dropped.fetch_add(1, Ordering::Relaxed);
             BusError::Overloaded
-        })
+        };
+        // Reserve the bytes only if they fit: a refused envelope never counts against others.
+        self.inner
+            .publish_queued_bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |q| {
+                (q + len <= PUBLISH_QUEUE_BYTES).then_some(q + len)
+            })
+            .map_err(|_| overloaded())?;
+        self.inner
+            .publish_tx
+            .try_send((channel, bytes))
+            .map_err(|_| {
+                self.inner
+                    .publish_queued_bytes
+                    .fetch_sub(len, Ordering::Relaxed);
+                overloaded()
+            })
     }
 
     fn connection_opened<'a>(&'a self, id: &'a ConnectionId) -> BoxFuture<'a, ()> {

@@ -20,12 +20,14 @@ impl Inner {
             if n == 0 {
                 return;
             }
+            // Released once the batch is sent or dropped, so that a batch stuck on a slow
+            // Redis still counts against the bound.
             let bytes: usize = batch.iter().map(|(_, b)| b.len()).sum();
-            self.publish_queued_bytes
-                .fetch_sub(bytes, Ordering::Relaxed);
             if !self.up() {
                 self.dropped.fetch_add(n as u64, Ordering::Relaxed);
                 batch.clear();
+                self.publish_queued_bytes
+                    .fetch_sub(bytes, Ordering::Relaxed);
                 continue;
             }
             // One pipeline per batch: one round trip however many publishes are waiting,
@@ -42,6 +44,8 @@ impl Inner {
                 self.dropped.fetch_add(n as u64, Ordering::Relaxed);
                 tracing::debug!(error = %e, "publish to redis failed");
             }
+            self.publish_queued_bytes
+                .fetch_sub(bytes, Ordering::Relaxed);
         }
     }
 

@@ -111,9 +111,14 @@ impl Inner {
                 let channel = self.keys.node(reply_to.as_str());
                 // Not awaited here: room deliveries behind this query must not wait for the
                 // reply's round trip.
+                let Ok(permit) = self.reply_permits.clone().try_acquire_owned() else {
+                    tracing::debug!("too many query replies in flight: one left unanswered");
+                    return;
+                };
                 let inner = self.clone();
                 self.tasks.spawn(async move {
                     let _ = inner.publish_to(channel, answer.encode()).await;
+                    drop(permit);
                 });
             }
             EnvelopeBody::Reply { id, reply } => {
