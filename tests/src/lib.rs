@@ -671,6 +671,19 @@ impl Drop for Redis {
     }
 }
 
+/// A `[cluster]` section for `url` under a fresh cluster name, with a quick heartbeat and,
+/// for TLS, the CA to trust.
+pub fn cluster_config(url: &str, ca: Option<&Path>) -> String {
+    let mut c = format!(
+        "[cluster]\nname = \"{}\"\nredis_url = \"{url}\"\nnode_heartbeat = \"200ms\"\n",
+        cluster_name()
+    );
+    if let Some(ca) = ca {
+        c.push_str(&format!("redis_ca_file = \"{}\"\n", ca.display()));
+    }
+    c
+}
+
 /// A cluster name no other test uses.
 pub fn cluster_name() -> String {
     use std::sync::atomic::{AtomicU32, Ordering};

@@ -85,11 +85,7 @@ async fn rooms_spread_over_shards_and_reach_every_node() {
 async fn tls_to_every_shard() {
     let (redis, ca) = RedisCluster::start_tls(3).await;
     let url = redis.url().replace("redis-cluster://", "rediss-cluster://");
-    let config = format!(
-        "[cluster]\nname = \"{}\"\nredis_url = \"{url}\"\nredis_ca_file = \"{}\"\nnode_heartbeat = \"200ms\"\n",
-        cluster_name(),
-        ca.display()
-    );
+    let config = cluster_config(&url, Some(&ca));
     let a_node = Node::start(&config).await;
     let b_node = Node::start(&config).await;
     let mut a = a_node.connect().await;

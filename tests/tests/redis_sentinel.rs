@@ -7,11 +7,7 @@ use wsgate_tests::*;
 #[tokio::test]
 async fn failover_under_traffic() {
     let mut redis = RedisSentinel::start().await;
-    let name = cluster_name();
-    let config = format!(
-        "[cluster]\nname = \"{name}\"\nredis_url = \"{}\"\nnode_heartbeat = \"200ms\"\n",
-        redis.url()
-    );
+    let config = cluster_config(&redis.url(), None);
     let a_node = Node::start(&config).await;
     let b_node = Node::start(&config).await;
     let mut a = a_node.connect().await;
@@ -48,11 +44,7 @@ async fn tls_to_the_sentinels_and_the_primary() {
     let url = redis
         .url()
         .replace("redis-sentinel://", "rediss-sentinel://");
-    let config = format!(
-        "[cluster]\nname = \"{}\"\nredis_url = \"{url}\"\nredis_ca_file = \"{}\"\nnode_heartbeat = \"200ms\"\n",
-        cluster_name(),
-        ca.display()
-    );
+    let config = cluster_config(&url, Some(&ca));
     let a_node = Node::start(&config).await;
     let b_node = Node::start(&config).await;
     let mut a = a_node.connect().await;

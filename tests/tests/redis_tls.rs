@@ -7,12 +7,7 @@ use wsgate_tests::*;
 #[tokio::test]
 async fn nodes_talk_through_tls_redis() {
     let redis = RedisTls::start().await;
-    let config = format!(
-        "[cluster]\nname = \"{}\"\nredis_url = \"{}\"\nredis_ca_file = \"{}\"\nnode_heartbeat = \"200ms\"\n",
-        cluster_name(),
-        redis.url(),
-        redis.ca_file.display()
-    );
+    let config = cluster_config(&redis.url(), Some(&redis.ca_file));
     let a_node = Node::start(&config).await;
     let b_node = Node::start(&config).await;
     let mut a = a_node.connect().await;
