@@ -100,7 +100,7 @@ struct Inner {
     subscriber: SubscriberClient,
     sink: OnceLock<Arc<dyn BusSink>>,
     publish_tx: mpsc::Sender<(String, Bytes)>,
-    /// Bytes in `publish_tx`'s queue ([`PUBLISH_QUEUE_BYTES`]).
+    /// Bytes queued in `publish_tx` or being sent ([`PUBLISH_QUEUE_BYTES`]).
     publish_queued_bytes: AtomicUsize,
     subs: Mutex<Subscriptions>,
     subs_notify: Notify,
