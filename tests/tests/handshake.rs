@@ -275,11 +275,13 @@ async fn expired_tokens_the_jwt_parameter_and_no_token_in_logs() {
     node.metric_settles("wsgate_auth_failures_total{reason=\"expired\"}", 1.0)
         .await;
 
+    // The harness reads the node's stderr on a thread of its own: wait for the line.
+    eventually("verbose logging is on and saw the refusal", || {
+        let logs = node.logs().join("\n");
+        async move { logs.contains("handshake refused") && logs.contains("expired") }
+    })
+    .await;
     let logs = node.logs().join("\n");
-    assert!(
-        logs.contains("handshake refused") && logs.contains("expired"),
-        "verbose logging is on and saw the refusal: {logs}"
-    );
     for secret in [&token, &short, &"test-secret".to_owned()] {
         assert!(!logs.contains(secret.as_str()), "a secret was logged");
         // Nor the signature alone (a token split over fields).
