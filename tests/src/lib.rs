@@ -747,20 +747,10 @@ impl RedisCluster {
         let mut children = Vec::new();
         for p in &ports {
             let conf = dir.path().join(format!("nodes-{p}.conf"));
-            let mut args: Vec<String> = match tls {
-                None => vec!["--port".into(), p.to_string()],
-                Some(c) => {
-                    let mut a = vec![
-                        "--port".into(),
-                        "0".into(),
-                        "--tls-port".into(),
-                        p.to_string(),
-                    ];
-                    a.extend(["--tls-cluster".into(), "yes".into()]);
-                    a.extend(c.server_args());
-                    a
-                }
-            };
+            let mut args = listen_args(*p, tls);
+            if tls.is_some() {
+                args.extend(["--tls-cluster".into(), "yes".into()]);
+            }
             args.extend(redis_args());
             args.extend(["--cluster-enabled".into(), "yes".into()]);
             args.extend([
@@ -902,21 +892,10 @@ impl RedisSentinel {
         let dir = tempfile::tempdir().expect("temp dir");
         let (p, r, s) = (free_port(), free_port(), free_port());
         let base = |port: u16| {
-            let mut args = match tls {
-                None => vec!["--port".to_string(), port.to_string()],
-                Some(c) => {
-                    let mut a = vec![
-                        "--port".to_string(),
-                        "0".into(),
-                        "--tls-port".into(),
-                        port.to_string(),
-                        "--tls-replication".into(),
-                        "yes".into(),
-                    ];
-                    a.extend(c.server_args());
-                    a
-                }
-            };
+            let mut args = listen_args(port, tls);
+            if tls.is_some() {
+                args.extend(["--tls-replication".into(), "yes".into()]);
+            }
             args.extend(redis_args());
             args
         };
@@ -1043,6 +1022,24 @@ impl Certs {
     }
 }
 
+/// `redis-server` arguments to listen on `port`: plain TCP, or with `tls` TLS only (the plain
+/// port off) serving those certificates.
+fn listen_args(port: u16, tls: Option<&Certs>) -> Vec<String> {
+    match tls {
+        None => vec!["--port".into(), port.to_string()],
+        Some(c) => {
+            let mut a = vec![
+                "--port".into(),
+                "0".into(),
+                "--tls-port".into(),
+                port.to_string(),
+            ];
+            a.extend(c.server_args());
+            a
+        }
+    }
+}
+
 /// Makes a CA and a server certificate for localhost and 127.0.0.1 in `dir`.
 pub fn make_certs(dir: &Path) -> Certs {
     make_certs_named(dir, "localhost", Some("127.0.0.1".parse().unwrap()))
@@ -1104,9 +1101,8 @@ impl RedisTls {
         let ca_file = certs.ca.clone();
         let port = free_port();
         let child = Command::new("redis-server")
-            .args(["--port", "0", "--tls-port", &port.to_string()])
+            .args(listen_args(port, Some(&certs)))
             .args(redis_args())
-            .args(certs.server_args())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
