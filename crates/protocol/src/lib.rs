@@ -18,7 +18,6 @@ pub mod close;
 pub mod codec;
 pub mod envelope;
 pub mod error;
-mod fields;
 pub mod frame;
 pub mod id;
 pub mod payload;

@@ -35,6 +35,9 @@ pub enum PayloadError {
     /// The MessagePack value has no JSON form.
     #[error("payload cannot be carried: {0}")]
     Unrepresentable(&'static str),
+    /// The MessagePack bytes are not exactly one value with a JSON form.
+    #[error("payload is not acceptable MessagePack: {0}")]
+    Scan(#[from] crate::codec::msgpack::ScanError),
 }
 
 impl fmt::Debug for Payload {
@@ -68,16 +71,7 @@ impl Payload {
                 serde_json::from_slice::<&serde_json::value::RawValue>(b)?;
                 Ok(())
             }
-            Payload::MsgPack(b) => {
-                let mut rd = &b[..];
-                let v = rmpv::decode::read_value(&mut rd)?;
-                if !rd.is_empty() {
-                    return Err(PayloadError::Unrepresentable(
-                        "trailing bytes after the value",
-                    ));
-                }
-                check_msgpack(&v).map_err(PayloadError::Unrepresentable)
-            }
+            Payload::MsgPack(b) => Ok(crate::codec::msgpack::check_value(b)?),
         }
     }
 
@@ -117,23 +111,6 @@ impl Payload {
                 msgpack_to_json(v).map_err(PayloadError::Unrepresentable)
             }
         }
-    }
-}
-
-/// Checks that a MessagePack value has a JSON form; the error says what does not.
-pub(crate) fn check_msgpack(v: &rmpv::Value) -> Result<(), &'static str> {
-    use rmpv::Value as V;
-    match v {
-        V::Ext(..) => Err("ext types are not supported"),
-        V::String(s) if s.as_str().is_none() => Err("strings must be valid UTF-8"),
-        V::F32(f) if !f.is_finite() => Err("floats must be finite"),
-        V::F64(f) if !f.is_finite() => Err("floats must be finite"),
-        V::Array(items) => items.iter().try_for_each(check_msgpack),
-        V::Map(entries) => entries.iter().try_for_each(|(k, v)| match k {
-            V::String(s) if s.as_str().is_some() => check_msgpack(v),
-            _ => Err("map keys must be strings"),
-        }),
-        _ => Ok(()),
     }
 }
 

@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 use proptest::prelude::*;
-use protocol::codec::decode_client;
+use protocol::codec::{self, decode_client};
 use protocol::frame::{PresenceEvent, RoutedFrame};
 use protocol::*;
 
@@ -199,6 +199,8 @@ proptest! {
         let wire = frame.encode(enc).unwrap();
         prop_assert_eq!(wire.encoding(), enc);
         let back = decode_client(enc, wire.bytes(), enc.is_text()).unwrap();
+        // The rate limit's id-only read finds the same id as the full decode.
+        prop_assert_eq!(codec::request_id(enc, wire.bytes(), enc.is_text()), frame.id().cloned());
         prop_assert_eq!(back, frame);
     }
 
@@ -253,8 +255,75 @@ proptest! {
     #[test]
     fn garbage_is_an_error_not_a_panic(bytes in prop::collection::vec(any::<u8>(), 0..64), enc in encoding(), text in any::<bool>()) {
         let _ = decode_client(enc, &Bytes::from(bytes.clone()), text);
+        let _ = codec::request_id(enc, &Bytes::from(bytes.clone()), text);
         let _ = Envelope::decode(&bytes);
     }
+
+    /// Valid frames with bytes flipped, cut or repeated: adversarial input close to what the
+    /// decoders accept, which random bytes rarely reach. Never a panic; a frame that still
+    /// decodes has a payload that satisfies its invariant.
+    #[test]
+    fn mutated_frames_are_errors_or_sound_frames(
+        (enc, frame) in client_frame_any(),
+        edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>(), 0u8..3), 1..6),
+    ) {
+        let mut bytes = frame.encode(enc).unwrap().bytes().to_vec();
+        for (at, byte, op) in edits {
+            if bytes.is_empty() { break; }
+            let i = at.index(bytes.len());
+            match op {
+                0 => bytes[i] = byte,
+                1 => bytes.truncate(i),
+                _ => { let tail = bytes[i..].to_vec(); bytes.extend_from_slice(&tail); }
+            }
+        }
+        let bytes = Bytes::from(bytes);
+        let _ = codec::request_id(enc, &bytes, enc.is_text());
+        if let Ok(ClientFrame::Publish { data, .. } | ClientFrame::Send { data, .. }) = decode_client(enc, &bytes, enc.is_text()) {
+            prop_assert!(data.check().is_ok());
+        }
+    }
+
+    /// The MessagePack walker reads exactly the value rmpv reads, wherever rmpv can read one,
+    /// and accepts every value with a JSON form.
+    #[test]
+    fn the_msgpack_walker_agrees_with_rmpv(v in msgpack_value(), junk in prop::collection::vec(any::<u8>(), 0..8)) {
+        let mut bytes = Vec::new();
+        rmpv::encode::write_value(&mut bytes, &v).unwrap();
+        let len = bytes.len();
+        prop_assert_eq!(protocol::codec::msgpack::check_value(&bytes), Ok(()));
+        bytes.extend_from_slice(&junk);
+        prop_assert_eq!(protocol::codec::msgpack::skip_value(&bytes, true), Ok(len));
+    }
+
+    /// Arbitrary MessagePack bytes: where rmpv reads a value, the walker reads the same length.
+    #[test]
+    fn the_msgpack_walker_agrees_on_garbage(bytes in prop::collection::vec(any::<u8>(), 0..48)) {
+        let mut rd = &bytes[..];
+        if rmpv::decode::read_value(&mut rd).is_ok() {
+            let read = bytes.len() - rd.len();
+            match protocol::codec::msgpack::skip_value(&bytes, false) {
+                // rmpv reads the reserved marker 0xc1 as nil; the walker refuses it.
+                Err(protocol::codec::msgpack::ScanError::Reserved) => prop_assert!(bytes[..read].contains(&0xc1)),
+                other => prop_assert_eq!(other, Ok(read)),
+            }
+        }
+    }
+}
+
+#[test]
+fn deeply_nested_msgpack_data_is_a_bad_frame_not_a_stack_overflow() {
+    // {"action":"publish","room":"r","data":[[[[...]]]]} with 100,000 levels.
+    let mut bytes = vec![0x83];
+    for (k, v) in [("action", "publish"), ("room", "r")] {
+        rmp::encode::write_str(&mut bytes, k).unwrap();
+        rmp::encode::write_str(&mut bytes, v).unwrap();
+    }
+    rmp::encode::write_str(&mut bytes, "data").unwrap();
+    bytes.extend(std::iter::repeat_n(0x91u8, 100_000));
+    bytes.push(0xc0);
+    let e = decode_client(Encoding::MsgPack, &Bytes::from(bytes), false).unwrap_err();
+    assert!(e.error.to_string().contains("nested deeper"), "{e:?}");
 }
 
 #[test]

@@ -19,6 +19,8 @@ pub mod rooms;
 pub mod router;
 
 pub use error::{RouterError, SendError};
-pub use outbound::{unframed, Flush, Framer, Outbound, PushError, Queued, Transport};
+pub use outbound::{
+    unframed, Flush, FrameKind, Framer, Outbound, PushError, QueueLimits, Queued, Transport,
+};
 pub use registry::{ConnHandle, ConnInfo, SessionKind};
 pub use router::{ConnectionView, NodeView, PublishReceipt, Router, RouterOptions};

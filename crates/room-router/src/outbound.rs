@@ -5,8 +5,9 @@
 //! written to the socket at once, from the fan-out itself (a non-blocking write under the
 //! connection's mutex): no task wake-up, no per-recipient copy. Only a socket that pushes back
 //! gets a queue, drained by its session when the socket is writable again. A queue that
-//! reaches `limits.outbound_queue` frames marks a slow consumer, closed with 1013, so one slow
-//! reader never stalls a room (SPEC section 5). Every byte — room messages, replies, pings,
+//! reaches `limits.outbound_queue` frames or `limits.outbound_queue_bytes` bytes marks a slow
+//! consumer, closed with 1013, so one slow reader never stalls a room nor holds more than its
+//! share of memory (SPEC sections 5 and 11). Every byte — room messages, replies, pings,
 //! close frames — goes through here, so frames never interleave.
 
 use std::collections::VecDeque;
@@ -44,6 +45,40 @@ pub trait Transport: Send + Sync + 'static {
     fn delivered(&self, since: Instant);
 }
 
+/// Bounds of one connection's queue (SPEC section 11): whichever is reached first marks a slow
+/// consumer, closed with 1013. Frames alone are not enough: 1,024 frames of 128 KiB are
+/// 128 MiB for one connection that never reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueLimits {
+    /// `limits.outbound_queue`: frames waiting.
+    pub frames: usize,
+    /// `limits.outbound_queue_bytes`: bytes waiting.
+    pub bytes: usize,
+}
+
+impl QueueLimits {
+    /// Limits that a test or a tool does not want to hit.
+    pub const UNBOUNDED: QueueLimits = QueueLimits {
+        frames: usize::MAX,
+        bytes: usize::MAX,
+    };
+}
+
+/// What a frame is, for the queue's rules: data is refused once the connection closes, a
+/// pong replaces the one already waiting, and the close frame is never refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameKind {
+    /// A message or a reply: counted, refused after a close request.
+    Data,
+    /// A WebSocket ping: counted; dropped once the connection closes.
+    Ping,
+    /// A WebSocket pong: counted, at most one waiting (RFC 6455 5.5.3 lets an endpoint answer
+    /// only the latest ping), so a client that pings and never reads cannot grow the queue.
+    Pong,
+    /// The close frame: always taken, since the close that a full queue asks for needs it.
+    Close,
+}
+
 /// Bytes waiting to be written.
 #[derive(Debug, Clone)]
 pub struct Queued {
@@ -53,6 +88,8 @@ pub struct Queued {
     /// When a room or direct message entered this node; `None` for replies and control
     /// frames.
     pub since: Option<Instant>,
+    /// Whether this is the one pong allowed to wait.
+    pub pong: bool,
 }
 
 /// Why a push was refused.
@@ -78,25 +115,50 @@ pub enum Flush {
 #[derive(Default)]
 struct State {
     pending: VecDeque<Queued>,
+    /// Sum of `pending`'s byte lengths.
+    bytes: usize,
     close: Option<CloseCode>,
     failed: bool,
+}
+
+impl State {
+    fn pop_front(&mut self) {
+        if let Some(q) = self.pending.pop_front() {
+            self.bytes -= q.bytes.len();
+        }
+    }
+
+    fn push_back(&mut self, q: Queued) {
+        self.bytes += q.bytes.len();
+        self.pending.push_back(q);
+    }
+
+    /// Drops everything queued but a partly written front frame, which must be finished so
+    /// that the close frame that follows is readable.
+    fn truncate_to_front(&mut self) {
+        self.pending.truncate(1);
+        self.bytes = self.pending.front().map_or(0, |q| q.bytes.len());
+    }
 }
 
 /// A connection's outbound side. The mutex (parking_lot) is held to write or queue, never
 /// across an `.await`.
 pub struct Outbound {
-    cap: usize,
+    limits: QueueLimits,
     state: Mutex<State>,
     notify: Notify,
     transport: OnceLock<Box<dyn Transport>>,
 }
 
 impl Outbound {
-    /// An outbound side queueing at most `cap` frames (`limits.outbound_queue`). Until a
-    /// transport is attached, everything is queued.
-    pub fn new(cap: usize) -> Self {
+    /// An outbound side bounded by `limits`. Until a transport is attached, everything is
+    /// queued.
+    pub fn new(limits: QueueLimits) -> Self {
         Outbound {
-            cap: cap.max(1),
+            limits: QueueLimits {
+                frames: limits.frames.max(1),
+                bytes: limits.bytes.max(1),
+            },
             state: Mutex::new(State::default()),
             notify: Notify::new(),
             transport: OnceLock::new(),
@@ -109,32 +171,54 @@ impl Outbound {
         self.notify.notify_one();
     }
 
-    /// Writes or queues a frame, counted against the queue limit. The bytes are only cloned
-    /// (a reference count) when they have to wait.
+    /// Writes or queues a message or reply, counted against the queue limits. The bytes are
+    /// only cloned (a reference count) when they have to wait.
     pub fn push(&self, bytes: &Bytes, since: Option<Instant>) -> Result<(), PushError> {
-        self.push_inner(bytes, since, true)
+        self.push_kind(bytes, since, FrameKind::Data)
     }
 
-    /// Writes or queues a control frame (ping, pong, close): never refused for a full queue,
-    /// and still accepted after a close request, since the close frame itself is one.
-    pub fn push_control(&self, bytes: &Bytes) -> Result<(), PushError> {
-        self.push_inner(bytes, None, false)
+    /// Writes or queues a WebSocket control frame of the given kind (see [`FrameKind`]).
+    /// A ping or pong that arrives once the connection is closing is dropped quietly.
+    pub fn push_control(&self, bytes: &Bytes, kind: FrameKind) -> Result<(), PushError> {
+        self.push_kind(bytes, None, kind)
     }
 
-    fn push_inner(
+    fn push_kind(
         &self,
         bytes: &Bytes,
         since: Option<Instant>,
-        counted: bool,
+        kind: FrameKind,
     ) -> Result<(), PushError> {
         let mut st = self.state.lock();
-        if st.failed || (counted && st.close.is_some()) {
+        if st.failed {
             return Err(PushError::Closed);
+        }
+        if st.close.is_some() {
+            match kind {
+                FrameKind::Data => return Err(PushError::Closed),
+                FrameKind::Ping | FrameKind::Pong => return Ok(()),
+                FrameKind::Close => {}
+            }
+        }
+        let pong = kind == FrameKind::Pong;
+        if pong {
+            // The front may be partly written and must stay as it is; a pong behind it is
+            // replaced by the newer one.
+            if let Some(waiting) = st.pending.iter_mut().skip(1).find(|q| q.pong) {
+                let old = waiting.bytes.len();
+                waiting.bytes = bytes.clone();
+                st.bytes = st.bytes - old + bytes.len();
+                return Ok(());
+            }
+            if st.pending.front().is_some_and(|q| q.pong) {
+                return Ok(());
+            }
         }
         if st.pending.is_empty() {
             let mut q = Queued {
                 bytes: bytes.clone(),
                 since,
+                pong,
             };
             if let Some(t) = self.transport.get() {
                 match t.try_write_direct(bytes) {
@@ -154,23 +238,25 @@ impl Outbound {
                     }
                 }
             }
-            st.pending.push_back(q);
+            st.push_back(q);
             drop(st);
             self.notify.notify_one();
             return Ok(());
         }
-        if counted && st.pending.len() >= self.cap {
+        if kind != FrameKind::Close
+            && (st.pending.len() >= self.limits.frames
+                || st.bytes + bytes.len() > self.limits.bytes)
+        {
             st.close = Some(CloseCode::TRY_AGAIN_LATER);
-            // Nothing queued will be delivered any more; only a partly written frame must
-            // be finished so that the close frame that follows is readable.
-            st.pending.truncate(1);
+            st.truncate_to_front();
             drop(st);
             self.notify.notify_one();
             return Err(PushError::Full);
         }
-        st.pending.push_back(Queued {
+        st.push_back(Queued {
             bytes: bytes.clone(),
             since,
+            pong,
         });
         Ok(())
     }
@@ -190,13 +276,17 @@ impl Outbound {
                     if let Some(since) = front.since {
                         t.delivered(since);
                     }
-                    st.pending.pop_front();
+                    st.pop_front();
                 }
-                Ok(n) => front.bytes = front.bytes.slice(n..),
+                Ok(n) => {
+                    front.bytes = front.bytes.slice(n..);
+                    st.bytes -= n;
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Flush::Blocked,
                 Err(_) => {
                     st.failed = true;
                     st.pending.clear();
+                    st.bytes = 0;
                     return Flush::Failed;
                 }
             }
@@ -234,6 +324,11 @@ impl Outbound {
         self.state.lock().pending.len()
     }
 
+    /// Bytes waiting.
+    pub fn queued_bytes(&self) -> usize {
+        self.state.lock().bytes
+    }
+
     /// Whether no frame is waiting.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
@@ -243,6 +338,7 @@ impl Outbound {
     pub fn take(&self, into: &mut VecDeque<Queued>) -> Option<CloseCode> {
         let mut st = self.state.lock();
         into.extend(st.pending.drain(..));
+        st.bytes = 0;
         st.close
     }
 }
@@ -252,6 +348,13 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
+
+    fn frames(n: usize) -> QueueLimits {
+        QueueLimits {
+            frames: n,
+            bytes: usize::MAX,
+        }
+    }
 
     fn frame() -> Bytes {
         Bytes::from_static(b"frame")
@@ -289,7 +392,7 @@ mod tests {
 
     #[test]
     fn writes_directly_when_the_socket_takes_it() {
-        let q = Outbound::new(2);
+        let q = Outbound::new(frames(2));
         let s = socket(100);
         q.attach(Box::new(s.clone()));
         q.push(&frame(), Some(Instant::now())).unwrap();
@@ -301,7 +404,7 @@ mod tests {
 
     #[test]
     fn partial_writes_queue_the_rest_in_order_and_full_queue_closes_1013() {
-        let q = Outbound::new(2);
+        let q = Outbound::new(frames(2));
         let s = socket(3);
         q.attach(Box::new(s.clone()));
         q.push(&frame(), None).unwrap();
@@ -311,7 +414,8 @@ mod tests {
         assert_eq!(q.close_requested(), Some(CloseCode::TRY_AGAIN_LATER));
         assert_eq!(q.len(), 1, "only the partly written frame is kept");
         assert_eq!(q.push(&frame(), None), Err(PushError::Closed));
-        q.push_control(&Bytes::from_static(b"CLOSE")).unwrap();
+        q.push_control(&Bytes::from_static(b"CLOSE"), FrameKind::Close)
+            .unwrap();
         assert_eq!(q.flush(), Flush::Blocked);
         s.room.store(100, Ordering::SeqCst);
         assert_eq!(q.flush(), Flush::Empty);
@@ -319,8 +423,63 @@ mod tests {
     }
 
     #[test]
+    fn the_byte_bound_closes_1013_before_the_frame_bound() {
+        let q = Outbound::new(QueueLimits {
+            frames: 1_000,
+            bytes: 12,
+        });
+        let s = socket(0);
+        q.attach(Box::new(s.clone()));
+        q.push(&frame(), None).unwrap(); // the first frame always waits
+        q.push(&frame(), None).unwrap(); // 10 bytes waiting
+        assert_eq!(q.queued_bytes(), 10);
+        assert_eq!(q.push(&frame(), None), Err(PushError::Full), "15 > 12");
+        assert_eq!(q.close_requested(), Some(CloseCode::TRY_AGAIN_LATER));
+        assert_eq!(q.queued_bytes(), 5, "only the front frame is kept");
+        // The close frame itself is never refused, however large.
+        q.push_control(&Bytes::from(vec![b'c'; 100]), FrameKind::Close)
+            .unwrap();
+        s.room.store(1_000, Ordering::SeqCst);
+        assert_eq!(q.flush(), Flush::Empty);
+        assert_eq!(q.queued_bytes(), 0);
+        assert_eq!(s.written.lock().len(), 105);
+    }
+
+    #[test]
+    fn pings_and_pongs_count_and_one_pong_waits_at_most() {
+        let q = Outbound::new(QueueLimits {
+            frames: 1_000,
+            bytes: 1_000,
+        });
+        let s = socket(0);
+        q.attach(Box::new(s.clone()));
+        q.push(&frame(), None).unwrap();
+        for i in 0..100u8 {
+            q.push_control(&Bytes::from(vec![i; 4]), FrameKind::Pong)
+                .unwrap();
+        }
+        assert_eq!(q.len(), 2, "a frame and one pong");
+        assert_eq!(q.queued_bytes(), 9);
+        s.room.store(1_000, Ordering::SeqCst);
+        assert_eq!(q.flush(), Flush::Empty);
+        assert_eq!(&s.written.lock()[5..], &[99; 4], "the latest pong");
+        // Pings count against the bytes like anything else.
+        s.room.store(0, Ordering::SeqCst);
+        q.push(&frame(), None).unwrap();
+        let ping = Bytes::from(vec![0; 400]);
+        q.push_control(&ping, FrameKind::Ping).unwrap();
+        q.push_control(&ping, FrameKind::Ping).unwrap();
+        assert_eq!(q.push_control(&ping, FrameKind::Ping), Err(PushError::Full));
+        assert_eq!(q.close_requested(), Some(CloseCode::TRY_AGAIN_LATER));
+        // Once closing, pings and pongs are dropped quietly; data is refused.
+        assert_eq!(q.push_control(&ping, FrameKind::Pong), Ok(()));
+        assert_eq!(q.push(&frame(), None), Err(PushError::Closed));
+        assert_eq!(q.len(), 1);
+    }
+
+    #[test]
     fn without_a_socket_everything_queues() {
-        let q = Outbound::new(8);
+        let q = Outbound::new(frames(8));
         q.push(&frame(), None).unwrap();
         q.close(CloseCode::DISCONNECTED);
         q.close(CloseCode::RESTART);
@@ -331,7 +490,7 @@ mod tests {
 
     #[tokio::test]
     async fn queueing_wakes_the_session() {
-        let q = Arc::new(Outbound::new(8));
+        let q = Arc::new(Outbound::new(frames(8)));
         let q2 = q.clone();
         let waiter = tokio::spawn(async move {
             q2.ready().await;

@@ -9,7 +9,7 @@ use dashmap::DashMap;
 use parking_lot::Mutex;
 use protocol::{ConnectionId, Encoding, RoomName};
 
-use crate::outbound::Outbound;
+use crate::outbound::{Outbound, QueueLimits};
 
 /// Whether a session is a gateway connection (rooms) or a proxied one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,13 +71,13 @@ fn unix_ms(t: SystemTime) -> u64 {
 }
 
 impl ConnHandle {
-    /// A new handle with an empty room list.
-    pub fn new(id: ConnectionId, encoding: Encoding, queue_cap: usize, info: ConnInfo) -> Self {
+    /// A new handle with an empty room list, its queue bounded by `limits`.
+    pub fn new(id: ConnectionId, encoding: Encoding, limits: QueueLimits, info: ConnInfo) -> Self {
         let now = unix_ms(info.connected_at);
         ConnHandle {
             id,
             encoding,
-            outbound: Outbound::new(queue_cap),
+            outbound: Outbound::new(limits),
             info,
             rooms: Mutex::new(Vec::new()),
             last_active_ms: AtomicU64::new(now),

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use protocol::{CloseCode, ConnectionId, Encoding, NodeId, Payload, RoomName, ServerFrame};
 use room_router::bus::local::LocalHub;
 use room_router::{
-    ConnHandle, ConnInfo, Router, RouterError, RouterOptions, SendError, SessionKind,
+    ConnHandle, ConnInfo, QueueLimits, Router, RouterError, RouterOptions, SendError, SessionKind,
 };
 
 fn options() -> RouterOptions {
@@ -38,7 +38,10 @@ fn connect(router: &Router, encoding: Encoding, cap: usize) -> Arc<ConnHandle> {
     let conn = Arc::new(ConnHandle::new(
         ConnectionId::random(),
         encoding,
-        cap,
+        QueueLimits {
+            frames: cap,
+            bytes: usize::MAX,
+        },
         ConnInfo {
             source_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             source_port: 1,

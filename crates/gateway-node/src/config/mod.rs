@@ -199,6 +199,7 @@ impl Config {
         for (key, v) in [
             ("limits.max_message_bytes", l.max_message_bytes),
             ("limits.outbound_queue", l.outbound_queue),
+            ("limits.outbound_queue_bytes", l.outbound_queue_bytes),
             ("limits.rooms_per_connection", l.rooms_per_connection),
             ("limits.messages_per_second", l.messages_per_second as usize),
             ("limits.messages_burst", l.messages_burst as usize),

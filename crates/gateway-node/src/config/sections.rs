@@ -209,6 +209,9 @@ pub struct LimitsConfig {
     pub max_message_bytes: usize,
     /// Frames queued per connection before it is closed as a slow consumer.
     pub outbound_queue: usize,
+    /// Bytes queued per connection before it is closed as a slow consumer: frames alone
+    /// would let one connection hold `outbound_queue` × `max_message_bytes`.
+    pub outbound_queue_bytes: usize,
     /// Rooms one connection may be in.
     pub rooms_per_connection: usize,
     /// Sustained client messages per second.
@@ -226,6 +229,7 @@ impl Default for LimitsConfig {
             max_connections_per_ip: 0,
             max_message_bytes: 131_072,
             outbound_queue: 1024,
+            outbound_queue_bytes: 1 << 20,
             rooms_per_connection: 100,
             messages_per_second: 100,
             messages_burst: 200,

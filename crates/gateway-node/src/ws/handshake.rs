@@ -12,7 +12,7 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use protocol::codec::{negotiate, Negotiated};
 use protocol::{ConnectionId, ErrorCode};
-use room_router::{ConnHandle, ConnInfo, SessionKind};
+use room_router::{ConnHandle, ConnInfo, QueueLimits, SessionKind};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
@@ -152,7 +152,10 @@ pub async fn upgrade(
     let conn = Arc::new(ConnHandle::new(
         ConnectionId::random(),
         encoding,
-        app.config.limits.outbound_queue,
+        QueueLimits {
+            frames: app.config.limits.outbound_queue,
+            bytes: app.config.limits.outbound_queue_bytes,
+        },
         ConnInfo {
             source_ip: peer.ip(),
             source_port: peer.port(),
@@ -187,7 +190,12 @@ pub async fn upgrade(
             write.clone(),
             session_app.metrics.clone(),
         )));
-        let io = SessionIo::new(read, parts.read_buf, conn.clone());
+        let io = SessionIo::new(
+            read,
+            parts.read_buf,
+            conn.clone(),
+            session_app.router.clone(),
+        );
         let ws =
             WebSocketStream::from_raw_socket(io, Role::Server, Some(session_app.ws_config)).await;
         Session::new(session_app, conn, identity, ws, write)

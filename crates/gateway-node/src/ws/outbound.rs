@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
 use protocol::EncodedFrame;
-use room_router::{ConnHandle, Flush, Transport};
+use room_router::{ConnHandle, Flush, FrameKind, PushError, Router, Transport};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
@@ -98,25 +98,48 @@ impl Transport for SocketTransport {
     }
 }
 
+/// The kind of a whole frame tungstenite writes, from its opcode (the low nibble of the first
+/// byte): the outbound keeps at most one pong waiting and never refuses the close frame.
+fn control_kind(frame: &[u8]) -> FrameKind {
+    match frame.first().map(|b| b & 0x0f) {
+        Some(0x8) => FrameKind::Close,
+        Some(0xa) => FrameKind::Pong,
+        Some(0x9) => FrameKind::Ping,
+        _ => FrameKind::Data,
+    }
+}
+
 /// What tungstenite reads from and writes to: reads from the socket (after any bytes the HTTP
 /// layer read ahead), writes into the connection's outbound.
 pub struct SessionIo {
     read: OwnedReadHalf,
     prefix: Bytes,
     conn: Arc<ConnHandle>,
+    /// Counts a slow consumer that a control frame (a pong, a ping) pushed over its bounds.
+    router: Arc<Router>,
 }
 
 impl SessionIo {
     /// Wraps the read half; `prefix` is what the HTTP layer had already read. It is a view
     /// into the HTTP layer's whole read buffer, so it is copied out (or dropped when empty)
     /// rather than keeping that buffer alive for the life of the connection.
-    pub fn new(read: OwnedReadHalf, prefix: Bytes, conn: Arc<ConnHandle>) -> Self {
+    pub fn new(
+        read: OwnedReadHalf,
+        prefix: Bytes,
+        conn: Arc<ConnHandle>,
+        router: Arc<Router>,
+    ) -> Self {
         let prefix = if prefix.is_empty() {
             Bytes::new()
         } else {
             Bytes::copy_from_slice(&prefix)
         };
-        SessionIo { read, prefix, conn }
+        SessionIo {
+            read,
+            prefix,
+            conn,
+            router,
+        }
     }
 }
 
@@ -149,10 +172,19 @@ impl AsyncWrite for SessionIo {
         match self
             .conn
             .outbound
-            .push_control(&Bytes::copy_from_slice(buf))
+            .push_control(&Bytes::copy_from_slice(buf), control_kind(buf))
         {
             Ok(()) => Poll::Ready(Ok(buf.len())),
-            Err(_) => Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
+            // Over the bounds: the connection is closing with 1013, which the session sees;
+            // failing tungstenite's write would turn that into a dropped socket instead.
+            Err(PushError::Full) => {
+                self.router
+                    .stats()
+                    .slow_consumer_closes
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Poll::Ready(Ok(buf.len()))
+            }
+            Err(PushError::Closed) => Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
         }
     }
 
@@ -174,5 +206,32 @@ pub async fn flush_all(conn: &ConnHandle, write: &OwnedWriteHalf) -> io::Result<
             Flush::Blocked => write.writable().await?,
             Flush::Failed => return Err(io::ErrorKind::BrokenPipe.into()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+
+    fn wire(f: Frame) -> Vec<u8> {
+        let mut out = Vec::new();
+        f.format(&mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn control_frames_are_told_apart_by_opcode() {
+        assert_eq!(control_kind(&wire(Frame::pong(vec![1]))), FrameKind::Pong);
+        assert_eq!(control_kind(&wire(Frame::ping(vec![1]))), FrameKind::Ping);
+        assert_eq!(control_kind(&wire(Frame::close(None))), FrameKind::Close);
+        assert_eq!(
+            control_kind(&frame(
+                &protocol::ServerFrame::Pong { id: None }
+                    .encode(protocol::Encoding::Json)
+                    .unwrap()
+            )),
+            FrameKind::Data
+        );
     }
 }

@@ -10,7 +10,7 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use protocol::codec::decode_client;
+use protocol::codec::{decode_client, request_id};
 use protocol::{ClientFrame, CloseCode, ErrorCode, RequestId, ServerFrame};
 use room_router::{ConnHandle, Flush, PushError, RouterError, SendError};
 use tokio::net::tcp::OwnedWriteHalf;
@@ -273,6 +273,10 @@ impl Session {
             Some(Ok(Message::Text(text))) => self.on_data(Bytes::from(text), true, now).await,
             Some(Ok(Message::Binary(bin))) => self.on_data(bin, false, now).await,
             Some(Ok(Message::Close(_))) => Some(End::PeerClosed),
+            // tungstenite has queued the pong already (at most one waits, see the outbound);
+            // a ping is still a client message for the rate limit, or a client could make
+            // the node write pongs as fast as it sends pings.
+            Some(Ok(Message::Ping(_))) => self.take_rate(now).err().flatten(),
             Some(Ok(_)) => None,
             Some(Err(WsError::Capacity(_))) => Some(End::Close(CloseCode::TOO_BIG)),
             Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed)) => Some(End::PeerClosed),
@@ -287,25 +291,35 @@ impl Session {
         self.app.metrics.messages_in.inc();
         self.last_message = now;
         self.conn.touch();
-        if !self.rate.try_take(now) {
-            self.rejected += 1;
-            if self.rejected >= self.app.config.limits.messages_burst {
-                return Some(End::Close(CloseCode::POLICY));
+        if let Err(end) = self.take_rate(now) {
+            if end.is_some() {
+                return end;
             }
-            // The frame is decoded only for its request id (SPEC section 4: errors carry the
-            // id of the frame they answer), and nothing of it is acted on.
-            let id = match decode_client(self.conn.encoding, &bytes, is_text) {
-                Ok(frame) => frame.id().cloned(),
-                Err(e) => e.id,
-            };
+            // Nothing of a refused frame is decoded but its request id (SPEC section 4: errors
+            // carry the id of the frame they answer), which is read without building anything
+            // else of the frame.
+            let id = request_id(self.conn.encoding, &bytes, is_text);
             self.error(id, ErrorCode::RateLimited, "over the message rate limit");
             return None;
         }
-        self.rejected = 0;
         match decode_client(self.conn.encoding, &bytes, is_text) {
             Err(e) => self.bad_frame(e.id, &e.error.to_string()),
             Ok(frame) => self.handle(frame).await,
         }
+    }
+
+    /// Takes one message from the rate limit. `Err(None)`: over the limit; `Err(Some(end))`:
+    /// over it `limits.messages_burst` times in a row, which closes with 1008.
+    fn take_rate(&mut self, now: Instant) -> Result<(), Option<End>> {
+        if self.rate.try_take(now) {
+            self.rejected = 0;
+            return Ok(());
+        }
+        self.rejected += 1;
+        if self.rejected >= self.app.config.limits.messages_burst {
+            return Err(Some(End::Close(CloseCode::POLICY)));
+        }
+        Err(None)
     }
 
     /// Answers `bad_request`; too many in a row close with 1008.

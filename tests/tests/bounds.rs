@@ -1,0 +1,98 @@
+//! SPEC sections 3 and 11 against hostile clients: what one connection can make the node hold
+//! or do is bounded, whatever it sends and however little it reads.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::json;
+use tokio_tungstenite::tungstenite::{Bytes, Message};
+use wsgate_tests::*;
+
+/// A client that asks for large replies and never reads them is closed with 1013 once its
+/// queue holds `limits.outbound_queue_bytes`, long before `limits.outbound_queue` frames.
+#[tokio::test]
+async fn replies_a_client_never_reads_are_bounded_in_bytes() {
+    let node = Node::start(
+        "[limits]\nmessages_per_second = 100000\nmessages_burst = 100000\noutbound_queue_bytes = 1048576\n",
+    )
+    .await;
+    let client = node.connect().await;
+    let (mut sink, mut stream) = client.ws.split();
+    // 300 pongs of 100 KB: 30 MB, far more than the socket buffers and the byte bound hold,
+    // and far fewer frames than the frame bound (1,024).
+    let id = "i".repeat(100_000);
+    let sender = tokio::spawn(async move {
+        for _ in 0..300 {
+            let ping = json!({"action":"ping","id":id}).to_string();
+            if sink.send(Message::text(ping)).await.is_err() {
+                break;
+            }
+        }
+        sink
+    });
+    node.metric_settles("wsgate_slow_consumer_closes_total", 1.0)
+        .await;
+    // Now read: what was written before the bound, then the close.
+    let mut pongs = 0;
+    let code = loop {
+        match tokio::time::timeout(WAIT, stream.next())
+            .await
+            .expect("a close")
+        {
+            Some(Ok(Message::Text(_))) => pongs += 1,
+            Some(Ok(Message::Close(f))) => break f.map(|f| u16::from(f.code)),
+            Some(Ok(_)) => {}
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    assert_eq!(code, Some(1013));
+    assert!(pongs < 300, "the node stopped queueing: {pongs} pongs");
+    let _ = sender.await;
+}
+
+/// WebSocket pings are client messages for the rate limit: a ping flood is closed with 1008
+/// like any other flood, rather than making the node write pongs as fast as it can.
+#[tokio::test]
+async fn websocket_pings_count_toward_the_rate_limit() {
+    let node = Node::start("[limits]\nmessages_per_second = 1\nmessages_burst = 5\n").await;
+    let mut client = node.connect().await;
+    for _ in 0..20 {
+        client
+            .ws
+            .send(Message::Ping(Bytes::from_static(b"are you there")))
+            .await
+            .expect("send");
+    }
+    let code = loop {
+        match client.next_event().await {
+            Event::Close(code) => break code,
+            Event::Ended => break None,
+            _ => continue,
+        }
+    };
+    assert_eq!(code, Some(1008));
+}
+
+/// A rate-limited frame still gets its error with its id, and what it asked for is not done.
+#[tokio::test]
+async fn a_rate_limited_frame_is_refused_with_its_id_and_not_acted_on() {
+    let node = Node::start("[limits]\nmessages_per_second = 1\nmessages_burst = 2\n").await;
+    let mut c = node.connect().await;
+    for id in ["a", "b"] {
+        assert_eq!(
+            c.request(json!({"action":"ping","id":id})).await["type"],
+            "pong"
+        );
+    }
+    let e = c
+        .request(json!({"action":"join","room":"r","id":"c"}))
+        .await;
+    assert_eq!(e["code"], "rate_limited");
+    let (_, room) = node.get("/rooms/r").await;
+    assert_eq!(room["members"], 0, "the refused join did nothing");
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    assert_eq!(
+        c.request(json!({"action":"ping","id":"d"})).await["type"],
+        "pong"
+    );
+}
