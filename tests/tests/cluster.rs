@@ -545,3 +545,105 @@ async fn subscriptions_follow_local_membership() {
     })
     .await;
 }
+
+/// Many connections joining and leaving one room on node B at once: whenever the churn stops
+/// with members present, node B is subscribed and every publish from node A reaches every
+/// member (the race between a last leave and a re-creating join cannot leave it deaf).
+#[tokio::test]
+async fn churn_on_one_node_never_leaves_it_deaf_to_a_room() {
+    let redis = Redis::start().await;
+    let nodes = cluster(&redis, 2).await;
+    let mut publisher = nodes[0].connect().await;
+    let mut churners = Vec::new();
+    for _ in 0..24 {
+        churners.push(nodes[1].connect().await);
+    }
+    for round in 0..3 {
+        let tasks: Vec<_> = churners
+            .drain(..)
+            .map(|mut c| {
+                tokio::spawn(async move {
+                    for i in 0..60 {
+                        c.request(json!({"action":"join","room":"churn","id":i}))
+                            .await;
+                        c.request(json!({"action":"leave","room":"churn","id":-i - 1}))
+                            .await;
+                    }
+                    c.request(json!({"action":"join","room":"churn","id":"final"}))
+                        .await;
+                    c
+                })
+            })
+            .collect();
+        for t in tasks {
+            churners.push(t.await.unwrap());
+        }
+        let mut members: Vec<&mut Client> = churners.iter_mut().collect();
+        settle(&mut publisher, "churn", &mut members).await;
+        for i in 0..10 {
+            publisher
+                .send(json!({"action":"publish","room":"churn","data":{"round":round,"i":i}}))
+                .await;
+        }
+        for c in churners.iter_mut() {
+            for i in 0..10 {
+                let m = c.recv().await;
+                assert_eq!(m["data"], json!({"round":round,"i":i}), "round {round}");
+            }
+        }
+        // Leave all at once before the next round: the room empties on node B.
+        for c in churners.iter_mut() {
+            c.request(json!({"action":"leave","room":"churn","id":"out"}))
+                .await;
+        }
+    }
+}
+
+/// Where Debian's libfaketime lives (scripts/test installs it).
+fn libfaketime() -> String {
+    let candidates = [
+        "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+        "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
+        "/usr/lib/faketime/libfaketime.so.1",
+    ];
+    candidates
+        .iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .unwrap_or_else(|| panic!("libfaketime not found in {candidates:?}: scripts/test installs it (apt-get install libfaketime)"))
+        .to_string()
+}
+
+/// Clock skew cannot evict live nodes: liveness is Redis's own key expiry, never a comparison
+/// of node clocks. One node runs two hours ahead and one two hours behind (libfaketime, wall
+/// clock only); every node keeps listing all three through many heartbeats.
+#[tokio::test]
+async fn nodes_with_skewed_clocks_stay_registered() {
+    let redis = Redis::start().await;
+    let name = cluster_name();
+    let lib = libfaketime();
+    let skewed = |offset: &str| {
+        NodeOptions::config(&config(&redis, &name))
+            .env("LD_PRELOAD", &lib)
+            .env("FAKETIME", offset)
+            .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+    };
+    let nodes = [
+        Node::start(&config(&redis, &name)).await,
+        Node::start_with(skewed("+2h")).await,
+        Node::start_with(skewed("-2h")).await,
+    ];
+    // The skew is real: each node stamps its own entry with its own clock.
+    let (_, ahead) = nodes[1].get("/cluster").await;
+    let own = ahead["nodes"][0]["last_seen"].as_str().unwrap().to_owned();
+    let (_, normal) = nodes[0].get("/cluster").await;
+    let real = normal["nodes"][0]["last_seen"].as_str().unwrap().to_owned();
+    assert!(own > real, "the +2h node's clock is ahead: {own} vs {real}");
+    // 15 heartbeats of 200 ms: a registry trusting clocks evicts within one.
+    for _ in 0..15 {
+        for (i, node) in nodes.iter().enumerate() {
+            let (_, v) = node.get("/cluster").await;
+            assert_eq!(v["nodes"].as_array().unwrap().len(), 3, "node {i} sees {v}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

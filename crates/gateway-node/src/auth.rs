@@ -10,6 +10,9 @@ use protocol::room::{any_matches, RoomPattern};
 
 use crate::config::{AuthConfig, RoomPolicy};
 
+/// 9999-12-31T23:59:59Z: the latest `exp` taken as it is; later ones are clamped to it.
+const MAX_EXP_SECS: u64 = 253_402_300_799;
+
 /// What a verified token says about a connection.
 #[derive(Debug, Clone)]
 pub struct Identity {
@@ -219,7 +222,10 @@ impl Authenticator {
 
     /// When a connection with this identity must close with 4001: `exp` plus the leeway.
     pub fn expiry(&self, identity: &Identity) -> SystemTime {
-        UNIX_EPOCH + Duration::from_secs(identity.exp) + self.config.leeway
+        // `exp` is the token's to choose: one near `u64::MAX` would overflow `SystemTime`
+        // (a panic). Past the year 9999 it is "never" for every purpose here.
+        let exp = identity.exp.min(MAX_EXP_SECS);
+        UNIX_EPOCH + Duration::from_secs(exp) + self.config.leeway
     }
 }
 
@@ -295,6 +301,26 @@ mod tests {
         assert_eq!(id.sub.as_deref(), Some("alice"));
         assert!(room_allowed(Some(&id), RoomPolicy::Deny, "chat:1"));
         assert!(!room_allowed(Some(&id), RoomPolicy::Allow, "other"));
+    }
+
+    #[test]
+    fn an_exp_near_the_end_of_time_is_clamped_not_a_panic() {
+        let auth = Authenticator::from_config(&config()).unwrap();
+        for exp in [i64::MAX as u64, u64::MAX / 2, 253_402_300_800] {
+            let t = jsonwebtoken::encode(
+                &Header::new(Algorithm::HS256),
+                &serde_json::json!({"sub": "x", "exp": exp}),
+                &EncodingKey::from_secret(b"secret"),
+            )
+            .unwrap();
+            match auth.verify(&t) {
+                Ok(id) => {
+                    let at = auth.expiry(&id);
+                    assert!(at > SystemTime::now(), "{exp}");
+                }
+                Err(e) => assert!(matches!(e, AuthError::Invalid(_)), "{exp}: {e:?}"),
+            }
+        }
     }
 
     #[test]

@@ -81,6 +81,7 @@ fn check_supported(config: &Config) -> anyhow::Result<()> {
             "[[presence]] events",
         ),
         (!config.proxy.is_empty(), "[[proxy]]"),
+        (!config.server.write_delay.is_zero(), "server.write_delay"),
         (
             !config.telemetry.otlp_endpoint.is_empty(),
             "telemetry.otlp_endpoint",

@@ -33,6 +33,13 @@ impl CloseCode {
     /// `server.max_connection_duration` reached; reconnect at once.
     pub const MAX_DURATION: CloseCode = CloseCode(4005);
 
+    /// Whether an endpoint may send `code` in a close frame (RFC 6455 section 7.4): 1000 to
+    /// 1003, 1007 to 1014, and the registered and private ranges 3000 to 4999. 1005, 1006 and
+    /// 1015 only describe a close that had no frame; anything else is a protocol error.
+    pub fn sendable(code: u16) -> bool {
+        matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
+    }
+
     /// The code as sent on the wire.
     pub fn as_u16(self) -> u16 {
         self.0
@@ -62,5 +69,20 @@ impl CloseCode {
 impl From<CloseCode> for u16 {
     fn from(code: CloseCode) -> u16 {
         code.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_codes_a_close_frame_may_carry_are_sendable() {
+        for ok in [1000, 1001, 1008, 1011, 1014, 3000, 4002, 4999] {
+            assert!(CloseCode::sendable(ok), "{ok}");
+        }
+        for bad in [0, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000, u16::MAX] {
+            assert!(!CloseCode::sendable(bad), "{bad}");
+        }
     }
 }

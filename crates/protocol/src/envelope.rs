@@ -5,6 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::close::CloseCode;
 use crate::id::{ConnectionId, NodeId};
 use crate::payload::{Payload, PayloadError};
 use crate::room::RoomName;
@@ -149,7 +150,7 @@ struct Wire {
     /// Payload encoding: 0 JSON, 1 MessagePack.
     #[serde(default)]
     pe: u8,
-    #[serde(default, with = "bin")]
+    #[serde(default, with = "serde_bytes")]
     data: Vec<u8>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     off: Option<u64>,
@@ -167,37 +168,15 @@ struct Wire {
     r: Option<Reply>,
 }
 
+/// The latest time RFC 3339 can write (9999-12-31T23:59:59.999Z), in ms since the Unix epoch:
+/// timestamps from other nodes are clamped to it rather than trusted.
+pub const MAX_TIME_MS: u64 = 253_402_300_799_999;
+
 const KIND_ROOM: u8 = 0;
 const KIND_DIRECT: u8 = 1;
 const KIND_DISCONNECT: u8 = 2;
 const KIND_QUERY: u8 = 3;
 const KIND_REPLY: u8 = 4;
-
-/// Byte strings as MessagePack `bin`, not as arrays of integers.
-mod bin {
-    use serde::{Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(v)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = Vec<u8>;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("bytes")
-            }
-            fn visit_bytes<E>(self, v: &[u8]) -> Result<Vec<u8>, E> {
-                Ok(v.to_vec())
-            }
-            fn visit_byte_buf<E>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
-                Ok(v)
-            }
-        }
-        d.deserialize_byte_buf(V)
-    }
-}
 
 fn split(p: &Payload) -> (u8, Vec<u8>) {
     match p {
@@ -304,7 +283,14 @@ impl Envelope {
             },
             KIND_DISCONNECT => EnvelopeBody::Disconnect {
                 to: ConnectionId::from_string(w.to.ok_or_else(|| missing("to"))?),
-                code: w.code.ok_or_else(|| missing("code"))?,
+                code: match w.code.ok_or_else(|| missing("code"))? {
+                    c if CloseCode::sendable(c) => c,
+                    c => {
+                        return Err(EnvelopeError::Invalid(format!(
+                            "close code {c} cannot be sent on the wire"
+                        )))
+                    }
+                },
             },
             KIND_QUERY => EnvelopeBody::Query {
                 id: w.qid.ok_or_else(|| missing("qid"))?,

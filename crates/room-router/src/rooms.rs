@@ -174,6 +174,11 @@ impl Rooms {
         self.map.get(room).map(|m| m.list.read().len()).unwrap_or(0)
     }
 
+    /// Whether the room has a local member (a room's entry exists exactly while it has one).
+    pub fn contains(&self, room: &RoomName) -> bool {
+        self.map.contains_key(room)
+    }
+
     /// Rooms with at least one local member.
     pub fn len(&self) -> usize {
         self.map.len()
@@ -182,10 +187,5 @@ impl Rooms {
     /// Whether no room has a local member.
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
-    }
-
-    /// Names of the rooms with local members (resubscription after a bus reconnect).
-    pub fn names(&self) -> Vec<RoomName> {
-        self.map.iter().map(|e| e.key().clone()).collect()
     }
 }

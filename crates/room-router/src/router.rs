@@ -199,6 +199,10 @@ impl BusSink for LocalNode {
         self.rooms.members(room.as_str())
     }
 
+    fn has_members(&self, room: &RoomName) -> bool {
+        self.rooms.contains(room)
+    }
+
     fn node_view(&self) -> NodeView {
         NodeView {
             id: self.node.clone(),
@@ -273,7 +277,7 @@ impl Router {
     pub fn unregister(&self, conn: &ConnHandle) {
         for room in conn.take_rooms() {
             if self.local.rooms.leave(&room, conn) {
-                self.bus.unsubscribe(&room);
+                self.bus.interest_changed(&room);
             }
         }
         self.local.registry.remove(&conn.id);
@@ -307,7 +311,7 @@ impl Router {
             Ok(false) => Ok(()),
             Ok(true) => {
                 if self.local.rooms.join(room, conn) {
-                    self.bus.subscribe(room);
+                    self.bus.interest_changed(room);
                 }
                 Ok(())
             }
@@ -320,7 +324,7 @@ impl Router {
             return false;
         }
         if self.local.rooms.leave(room, conn) {
-            self.bus.unsubscribe(room);
+            self.bus.interest_changed(room);
         }
         true
     }

@@ -80,7 +80,10 @@ async fn read_body(app: &App, body: Body) -> Result<Bytes, ApiError> {
     })
 }
 
-/// RFC 3339 with milliseconds.
+/// RFC 3339 with milliseconds. The formatter panics outside 1970 to 9999, and a view may come
+/// from another node: clamped to that range.
 fn rfc3339(t: std::time::SystemTime) -> String {
-    humantime::format_rfc3339_millis(t).to_string()
+    use std::time::{Duration, UNIX_EPOCH};
+    let latest = UNIX_EPOCH + Duration::from_millis(protocol::envelope::MAX_TIME_MS);
+    humantime::format_rfc3339_millis(t.clamp(UNIX_EPOCH, latest)).to_string()
 }

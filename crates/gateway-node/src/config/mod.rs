@@ -146,8 +146,17 @@ impl Config {
     /// Checks what serde cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let s = &self.server;
-        if !s.path.starts_with('/') {
-            return Err(invalid("server.path", "must start with /"));
+        check_path("server.path", &s.path)?;
+        for (key, d) in self.durations() {
+            if d > MAX_DURATION {
+                return Err(invalid(key, "must be at most 100 years"));
+            }
+        }
+        if s.handshake_timeout.is_zero() {
+            return Err(invalid(
+                "server.handshake_timeout",
+                "must be greater than 0",
+            ));
         }
         if s.heartbeat.is_zero() {
             return Err(invalid("server.heartbeat", "must be greater than 0"));
@@ -194,6 +203,18 @@ impl Config {
         }
         if let Some(auth) = &self.auth {
             validate_auth(auth)?;
+            if !auth.cookie.is_empty()
+                && s.allowed_origins.is_empty()
+                && !s.allow_any_origin_with_cookie
+            {
+                return Err(invalid(
+                    "auth.cookie",
+                    "a token cookie needs server.allowed_origins: a browser sends the cookie \
+                     from any site (cross-site WebSocket hijacking); set \
+                     server.allow_any_origin_with_cookie = true only if no browser can reach \
+                     this listener from another site",
+                ));
+            }
         }
         let l = &self.limits;
         for (key, v) in [
@@ -219,14 +240,50 @@ impl Config {
                     format!("{other:?} is not \"jwt\" or \"none\""),
                 ));
             }
-            if !p.path.starts_with('/') {
-                return Err(invalid("proxy.path", "must start with /"));
-            }
+            check_path("proxy.path", &p.path)?;
             if p.upstreams.is_empty() {
                 return Err(invalid("proxy.upstreams", "needs at least one upstream"));
             }
         }
         Ok(())
+    }
+
+    /// Every duration key with its value: each must fit the clock's arithmetic.
+    fn durations(&self) -> Vec<(&'static str, Duration)> {
+        let (s, c) = (&self.server, &self.cluster);
+        let mut all = vec![
+            ("server.heartbeat", s.heartbeat),
+            ("server.heartbeat_timeout", s.heartbeat_timeout),
+            ("server.idle_timeout", s.idle_timeout),
+            ("server.max_connection_duration", s.max_connection_duration),
+            ("server.drain_delay", s.drain_delay),
+            ("server.drain_period", s.drain_period),
+            ("server.handshake_timeout", s.handshake_timeout),
+            ("server.write_delay", s.write_delay),
+            ("cluster.affinity_ttl", c.affinity_ttl),
+            ("cluster.node_heartbeat", c.node_heartbeat),
+        ];
+        if let Some(a) = &self.auth {
+            all.extend([
+                ("auth.jwks_refresh", a.jwks_refresh),
+                ("auth.leeway", a.leeway),
+            ]);
+        }
+        let r = &self.routes;
+        let routes = r.connect.iter().chain(&r.disconnect).chain(&r.default);
+        all.extend(
+            routes
+                .chain(r.custom.values())
+                .map(|r| ("routes.*.timeout", r.timeout)),
+        );
+        all.extend(self.history.iter().map(|h| ("history.ttl", h.ttl)));
+        for p in &self.proxy {
+            all.extend([
+                ("proxy.connect_timeout", p.connect_timeout),
+                ("proxy.idle_timeout", p.idle_timeout),
+            ]);
+        }
+        all
     }
 
     /// The configuration with every secret replaced, for `check-config` and logs.
@@ -249,6 +306,34 @@ impl Config {
     pub fn embedded(&self) -> bool {
         self.cluster.redis_url.is_empty()
     }
+}
+
+/// The longest duration any key may have: far beyond any sensible setting, and far enough
+/// below what `Instant` arithmetic overflows at (a panic, not an error) that deadlines built
+/// from several keys stay representable.
+const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// A path the router can match literally: `/` then segments of URL-safe characters. The
+/// router treats `{`, `}`, `*` and `:` as captures and wildcards, and refuses (with a panic)
+/// some of their forms, so they are refused here with a message instead.
+fn check_path(key: &'static str, path: &str) -> Result<(), ConfigError> {
+    if !path.starts_with('/') {
+        return Err(invalid(key, "must start with /"));
+    }
+    let allowed = |b: u8| b.is_ascii_alphanumeric() || b"/-._~!$&'()+,;=@%".contains(&b);
+    if let Some(bad) = path.bytes().find(|b| !allowed(*b)) {
+        return Err(invalid(
+            key,
+            format!(
+                "{path:?} has {:?}: use letters, digits, / and -._~!$&'()+,;=@%",
+                bad as char
+            ),
+        ));
+    }
+    if path.contains("//") {
+        return Err(invalid(key, format!("{path:?} has an empty segment")));
+    }
+    Ok(())
 }
 
 fn validate_auth(auth: &AuthConfig) -> Result<(), ConfigError> {
@@ -352,6 +437,75 @@ mod tests {
         assert_eq!(c.limits.messages_burst, 200);
         assert!(c.auth.is_none());
         assert!(c.embedded());
+    }
+
+    #[test]
+    fn new_defaults_match_the_spec() {
+        let c = load("", &[]).unwrap();
+        assert_eq!(c.server.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(c.server.write_delay, Duration::ZERO);
+        assert!(!c.server.allow_any_origin_with_cookie);
+        assert_eq!(c.limits.outbound_queue, 1024);
+        assert_eq!(c.limits.outbound_queue_bytes, 1 << 20);
+    }
+
+    #[test]
+    fn a_token_cookie_needs_an_origin_list() {
+        let cookie = "[auth]\njwt_secret = \"s\"\ncookie = \"tok\"\n";
+        let e = load(cookie, &[]).unwrap_err().to_string();
+        assert!(
+            e.contains("auth.cookie") && e.contains("allowed_origins"),
+            "{e}"
+        );
+        let with_origins = format!("[server]\nallowed_origins = [\"https://a.example\"]\n{cookie}");
+        assert!(load(&with_origins, &[]).is_ok());
+        let waived = format!("[server]\nallow_any_origin_with_cookie = true\n{cookie}");
+        assert!(load(&waived, &[]).is_ok());
+    }
+
+    #[test]
+    fn paths_the_router_would_panic_on_are_refused() {
+        for bad in [
+            "/ws/{id}",
+            "/ws/:id",
+            "/ws/*rest",
+            "ws",
+            "/a//b",
+            "/a b",
+            "/é",
+        ] {
+            let e = load(&format!("[server]\npath = {bad:?}\n"), &[])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("server.path"), "{bad}: {e}");
+        }
+        for good in ["/", "/ws", "/v1/socket.io-x_y~", "/a/b/"] {
+            let c = load(&format!("[server]\npath = {good:?}\n"), &[]).unwrap();
+            // And the router takes it.
+            let _ =
+                axum::Router::<()>::new().route(&c.server.path, axum::routing::get(|| async {}));
+        }
+    }
+
+    #[test]
+    fn durations_beyond_the_clock_are_refused() {
+        for key in [
+            "heartbeat_timeout",
+            "max_connection_duration",
+            "idle_timeout",
+        ] {
+            let e = load(&format!("[server]\n{key} = \"200years\"\n"), &[])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(&format!("server.{key}")) && e.contains("100 years"),
+                "{e}"
+            );
+        }
+        let e = load("[cluster]\naffinity_ttl = \"500000000years\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("affinity_ttl"), "{e}");
     }
 
     #[test]

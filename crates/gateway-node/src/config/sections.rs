@@ -42,6 +42,15 @@ pub struct ServerConfig {
     pub tls_cert_file: String,
     /// PEM private key for wss://.
     pub tls_key_file: String,
+    /// Time a client has for its request line and headers before the upgrade.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// Frames for one socket wait up to this long to leave in one write; 0 writes each at once.
+    #[serde(with = "humantime_serde")]
+    pub write_delay: Duration,
+    /// Accept a token cookie from any origin (`auth.cookie` without `allowed_origins`): only
+    /// for deployments where no browser can reach the listener from another site.
+    pub allow_any_origin_with_cookie: bool,
 }
 
 impl Default for ServerConfig {
@@ -58,6 +67,9 @@ impl Default for ServerConfig {
             drain_period: Duration::from_secs(10),
             tls_cert_file: String::new(),
             tls_key_file: String::new(),
+            handshake_timeout: Duration::from_secs(10),
+            write_delay: Duration::ZERO,
+            allow_any_origin_with_cookie: false,
         }
     }
 }

@@ -68,12 +68,14 @@ async fn bounded<F: std::future::Future<Output = Result<(), WsError>>>(
     }
 }
 
+/// The monotonic deadline of a wall-clock time (a token's expiry). A time too far ahead for
+/// `Instant` arithmetic (a token valid until the year 9999) is a deadline a century away,
+/// which no connection reaches.
 fn instant_of(t: SystemTime) -> Instant {
+    const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
     let now = Instant::now();
-    match t.duration_since(SystemTime::now()) {
-        Ok(d) => now + d,
-        Err(_) => now,
-    }
+    let ahead = t.duration_since(SystemTime::now()).unwrap_or_default();
+    now.checked_add(ahead.min(CENTURY)).unwrap_or(now + CENTURY)
 }
 
 impl Session {
@@ -464,5 +466,17 @@ impl Session {
                 .slow_consumer_closes
                 .fetch_add(1, Ordering::Relaxed);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn far_future_expiries_do_not_overflow_the_clock() {
+        let far = SystemTime::UNIX_EPOCH + Duration::from_secs(253_402_300_799);
+        assert!(instant_of(far) > Instant::now() + Duration::from_secs(50 * 365 * 24 * 3600));
+        assert!(instant_of(SystemTime::UNIX_EPOCH) <= Instant::now());
     }
 }

@@ -64,18 +64,20 @@ impl Bus for LocalBus {
         self.hub.nodes.write().insert(self.node.clone(), sink);
     }
 
-    fn subscribe(&self, room: &RoomName) {
-        self.hub
-            .interest
-            .write()
-            .entry(room.clone())
-            .or_default()
-            .insert(self.node.clone());
-    }
-
-    fn unsubscribe(&self, room: &RoomName) {
+    fn interest_changed(&self, room: &RoomName) {
+        let Some(sink) = self.hub.nodes.read().get(&self.node).cloned() else {
+            return;
+        };
+        // Read the room table under the interest lock: whichever call takes the lock last
+        // reads a table that holds every change made before any of these calls, so the
+        // interest ends right whatever order racing joins and leaves arrive in.
         let mut interest = self.hub.interest.write();
-        if let Some(nodes) = interest.get_mut(room) {
+        if sink.has_members(room) {
+            interest
+                .entry(room.clone())
+                .or_default()
+                .insert(self.node.clone());
+        } else if let Some(nodes) = interest.get_mut(room) {
             nodes.remove(&self.node);
             if nodes.is_empty() {
                 interest.remove(room);

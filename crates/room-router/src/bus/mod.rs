@@ -47,6 +47,8 @@ pub trait BusSink: Send + Sync {
     fn connection_view(&self, id: &ConnectionId) -> Option<ConnectionView>;
     /// Local members of a room.
     fn room_members(&self, room: &RoomName) -> Vec<ConnectionId>;
+    /// Whether the room has local members now: the state a bus's subscription follows.
+    fn has_members(&self, room: &RoomName) -> bool;
     /// This node's counts, for `GET /cluster`.
     fn node_view(&self) -> NodeView;
     /// Every local connection id and room, for re-registration after a reconnect.
@@ -58,12 +60,13 @@ pub trait Bus: Send + Sync + 'static {
     /// Connects the bus to this node's delivery. Called once, before any other method.
     fn attach(&self, sink: Arc<dyn BusSink>);
 
-    /// The room has its first local member: start receiving it. Implementations batch
-    /// subscription changes; the call itself never waits.
-    fn subscribe(&self, room: &RoomName);
-
-    /// The room's last local member left: stop receiving it.
-    fn unsubscribe(&self, room: &RoomName);
+    /// The room's local membership went from empty to not or back (a first member joined, a
+    /// last one left). The bus makes its subscription follow [`BusSink::has_members`] as read
+    /// *after* this call, never the order such calls arrive in: a leave that empties a room
+    /// and a join that re-creates it may reach the bus in either order, and the node must
+    /// still end up receiving a room it has members in. Implementations batch subscription
+    /// changes; the call itself never waits on the network.
+    fn interest_changed(&self, room: &RoomName);
 
     /// Sends a room envelope to every other node with members in the room.
     fn publish(&self, envelope: Envelope) -> Result<(), BusError>;

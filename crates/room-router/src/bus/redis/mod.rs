@@ -5,9 +5,10 @@
 //!   PUBLISHes each room envelope once, pipelined: Redis work per publish is one command plus
 //!   one delivery per node with members, never per member.
 //! - **Nodes**: each node listens on `{cluster}:node:{<node>}` for direct messages,
-//!   disconnects and queries, and registers in `{cluster}:nodes` (a sorted set scored by its
-//!   last heartbeat, the key itself expiring when no node is left) with its counts in
-//!   `{cluster}:nodeinfo:<node>`, which expires with its heartbeat: a dead node leaves nothing.
+//!   disconnects and queries, and registers in `{cluster}:nodes` (the set of candidates, the
+//!   key itself expiring when no node is left) with its counts in `{cluster}:nodeinfo:<node>`,
+//!   which expires `3 × node_heartbeat` after its last heartbeat: liveness is that expiry, by
+//!   Redis's clock, never a comparison of node clocks; a dead node leaves nothing.
 //! - **Affinity**: `{cluster}:conn:<id>` → node, with a TTL, written before the welcome,
 //!   refreshed in pipelined batches, deleted on close.
 //! - **Redis down**: local delivery goes on; publishes to other nodes are dropped and counted
@@ -365,19 +366,8 @@ impl Bus for RedisBus {
         let _ = self.inner.sink.set(sink);
     }
 
-    fn subscribe(&self, room: &RoomName) {
-        let mut st = self.inner.subs.lock();
-        st.wanted.insert(room.clone());
-        st.dirty.insert(room.clone());
-        drop(st);
-        self.inner.subs_notify.notify_one();
-    }
-
-    fn unsubscribe(&self, room: &RoomName) {
-        let mut st = self.inner.subs.lock();
-        st.wanted.remove(room);
-        st.dirty.insert(room.clone());
-        drop(st);
+    fn interest_changed(&self, room: &RoomName) {
+        self.inner.subs.lock().dirty.insert(room.clone());
         self.inner.subs_notify.notify_one();
     }
 
@@ -494,10 +484,10 @@ impl Bus for RedisBus {
             let nodes = self.inner.live_nodes().await?;
             let asks = nodes
                 .iter()
-                .filter(|(n, _)| *n != self.inner.opts.node)
-                .map(|(n, _)| {
+                .filter(|n| n.id != self.inner.opts.node)
+                .map(|n| {
                     self.inner.query(
-                        n,
+                        &n.id,
                         Query::Room {
                             room: room.to_string(),
                             ids: with_ids,
@@ -519,38 +509,9 @@ impl Bus for RedisBus {
 
     fn remote_nodes(&self) -> BoxFuture<'_, Result<Vec<NodeView>, BusError>> {
         Box::pin(async move {
-            let nodes = self.inner.live_nodes().await?;
-            let others: Vec<_> = nodes
-                .into_iter()
-                .filter(|(n, _)| *n != self.inner.opts.node)
-                .collect();
-            if others.is_empty() {
-                return Ok(Vec::new());
-            }
-            // One GET per node in one pipeline (no MGET: in Redis Cluster the keys live on
-            // different shards).
-            let pipeline = self.inner.client.pipeline();
-            for (n, _) in &others {
-                let _: Result<(), _> = pipeline.get(self.inner.keys.nodeinfo(n.as_str())).await;
-            }
-            let infos: Vec<Option<String>> = pipeline.all().await.map_err(backend)?;
-            Ok(others
-                .into_iter()
-                .zip(infos)
-                .map(|((id, seen_ms), info)| {
-                    let (connections, rooms) = info
-                        .as_deref()
-                        .and_then(|i| i.split_once(','))
-                        .map(|(c, r)| (c.parse().unwrap_or(0), r.parse().unwrap_or(0)))
-                        .unwrap_or((0, 0));
-                    NodeView {
-                        id,
-                        connections,
-                        rooms,
-                        last_seen: UNIX_EPOCH + Duration::from_millis(seen_ms),
-                    }
-                })
-                .collect())
+            let mut nodes = self.inner.live_nodes().await?;
+            nodes.retain(|n| n.id != self.inner.opts.node);
+            Ok(nodes)
         })
     }
 

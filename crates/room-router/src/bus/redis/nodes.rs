@@ -1,8 +1,17 @@
 //! The node registry: heartbeats, and who is alive.
+//!
+//! Liveness is Redis's clock alone: each node's `nodeinfo` record expires
+//! `3 × node_heartbeat` after its last heartbeat (a relative TTL that Redis counts), and the
+//! `nodes` set only lists candidates. No node compares its wall clock with another's, so a node
+//! whose clock is off by hours is neither evicted by the others nor evicts them.
 
 use super::*;
 
 impl Inner {
+    fn live_ms(&self) -> u64 {
+        3 * self.opts.node_heartbeat.as_millis() as u64
+    }
+
     pub(super) async fn run_heartbeat(self: Arc<Self>) {
         let mut tick = tokio::time::interval(self.opts.node_heartbeat);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -14,10 +23,10 @@ impl Inner {
             let Some(sink) = self.sink() else { continue };
             let view = sink.node_view();
             let info = format!("{},{}", view.connections, view.rooms);
-            let now = now_ms();
-            let live_ms = 3 * self.opts.node_heartbeat.as_millis() as u64;
-            let stale = now.saturating_sub(live_ms);
+            let live_ms = self.live_ms();
             let pipeline = self.client.pipeline();
+            // The score is informational (when this node last wrote, by its own clock);
+            // nothing compares it.
             let _: Result<(), _> = pipeline
                 .zadd(
                     self.keys.nodes(),
@@ -25,7 +34,7 @@ impl Inner {
                     None,
                     false,
                     false,
-                    (now as f64, self.opts.node.as_str()),
+                    (now_ms() as f64, self.opts.node.as_str()),
                 )
                 .await;
             // Every record expires unless refreshed: the registry outlives no node.
@@ -41,25 +50,58 @@ impl Inner {
                     false,
                 )
                 .await;
-            let _: Result<(), _> = pipeline
-                .zremrangebyscore(self.keys.nodes(), "-inf", (stale as f64) - 1.0)
-                .await;
             if let Err(e) = pipeline.all::<Vec<Value>>().await {
                 tracing::debug!(error = %e, "heartbeat failed");
             }
         }
     }
 
-    pub(super) async fn live_nodes(&self) -> Result<Vec<(NodeId, u64)>, BusError> {
-        let stale = now_ms().saturating_sub(3 * self.opts.node_heartbeat.as_millis() as u64);
-        let members: Vec<(String, f64)> = self
+    /// Every live node, this one included: the `nodes` set's members whose `nodeinfo` record
+    /// has not expired. Members whose record has are dead and removed on the way.
+    pub(super) async fn live_nodes(&self) -> Result<Vec<NodeView>, BusError> {
+        let members: Vec<String> = self
             .client
-            .zrangebyscore(self.keys.nodes(), stale as f64, "+inf", true, None)
+            .zrange(self.keys.nodes(), 0, -1, None, false, None, false)
             .await
             .map_err(backend)?;
-        Ok(members
-            .into_iter()
-            .map(|(n, score)| (NodeId::new(n), score as u64))
-            .collect())
+        if members.is_empty() {
+            return Ok(Vec::new());
+        }
+        // A GET and a PTTL per node in one pipeline (no MGET: in Redis Cluster the keys live
+        // on different shards).
+        let pipeline = self.client.pipeline();
+        for n in &members {
+            let _: Result<(), _> = pipeline.get(self.keys.nodeinfo(n)).await;
+            let _: Result<(), _> = pipeline.pttl(self.keys.nodeinfo(n)).await;
+        }
+        let replies: Vec<Value> = pipeline.all().await.map_err(backend)?;
+        let now = SystemTime::now();
+        let live_ms = self.live_ms();
+        let mut live = Vec::with_capacity(members.len());
+        let mut dead = Vec::new();
+        for (node, pair) in members.into_iter().zip(replies.chunks(2)) {
+            let info: Option<String> = pair[0].clone().convert().ok().flatten();
+            let ttl_ms: i64 = pair.get(1).and_then(|v| v.as_i64()).unwrap_or(-2);
+            let Some(info) = info else {
+                dead.push(node);
+                continue;
+            };
+            let (connections, rooms) = info
+                .split_once(',')
+                .map(|(c, r)| (c.parse().unwrap_or(0), r.parse().unwrap_or(0)))
+                .unwrap_or((0, 0));
+            // When it last wrote: its record's age, by Redis's clock, back from now by ours.
+            let age = Duration::from_millis(live_ms.saturating_sub(ttl_ms.max(0) as u64));
+            live.push(NodeView {
+                id: NodeId::new(node),
+                connections,
+                rooms,
+                last_seen: now.checked_sub(age).unwrap_or(now),
+            });
+        }
+        if !dead.is_empty() {
+            let _: Result<i64, _> = self.client.zrem(self.keys.nodes(), dead).await;
+        }
+        Ok(live)
     }
 }

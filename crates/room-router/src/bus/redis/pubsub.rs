@@ -3,9 +3,10 @@
 
 use super::*;
 
+/// Rooms whose local membership changed since the last sync. What the node wants is read
+/// from the room table at sync time, never from these marks: a mark only says "look again".
 #[derive(Default)]
 pub(super) struct Subscriptions {
-    pub(super) wanted: HashSet<RoomName>,
     pub(super) dirty: HashSet<RoomName>,
 }
 
@@ -49,83 +50,91 @@ impl Inner {
         }
     }
 
+    /// Keeps the room subscriptions equal to the rooms with local members. Each pass takes
+    /// the marked rooms, then reads the room table: a mark is set after the table changed, so
+    /// the pass that takes it reads that change or a later one, whatever order racing joins
+    /// and leaves marked in. Rooms whose last command failed are uncertain (Redis may or may
+    /// not have applied it): they get the command the table asks for, whatever was recorded.
     pub(super) async fn run_subscriptions(self: Arc<Self>) {
         let mut subscribed: HashSet<RoomName> = HashSet::new();
+        let mut uncertain: HashSet<RoomName> = HashSet::new();
         loop {
             tokio::select! {
                 () = self.cancel.cancelled() => return,
                 () = self.subs_notify.notified() => {}
             }
-            // Apply every change that accumulated, as one SUBSCRIBE and one UNSUBSCRIBE.
-            let (add, remove): (Vec<RoomName>, Vec<RoomName>) = {
-                let mut st = self.subs.lock();
-                let dirty = std::mem::take(&mut st.dirty);
-                let add = dirty
-                    .iter()
-                    .filter(|r| st.wanted.contains(*r) && !subscribed.contains(*r))
-                    .cloned()
-                    .collect();
-                let remove = dirty
-                    .iter()
-                    .filter(|r| !st.wanted.contains(*r) && subscribed.contains(*r))
-                    .cloned()
-                    .collect();
-                (add, remove)
+            let Some(sink) = self.sink().cloned() else {
+                continue;
             };
-            if !add.is_empty() {
-                let channels: Vec<String> =
-                    add.iter().map(|r| self.keys.room(r.as_str())).collect();
-                match self.change_subscriptions(channels, true).await {
-                    Ok(()) => subscribed.extend(add),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "subscribe failed; retrying");
-                        self.retry_rooms(add);
+            let dirty = std::mem::take(&mut self.subs.lock().dirty);
+            let (mut add, mut remove) = (Vec::new(), Vec::new());
+            for room in dirty {
+                let sure = !uncertain.contains(&room);
+                let have = subscribed.contains(&room);
+                if sink.has_members(&room) {
+                    if !have || !sure {
+                        add.push(room);
                     }
+                } else if have || !sure {
+                    remove.push(room);
                 }
             }
-            if !remove.is_empty() {
-                let channels: Vec<String> =
-                    remove.iter().map(|r| self.keys.room(r.as_str())).collect();
-                match self.change_subscriptions(channels, false).await {
-                    Ok(()) => {
-                        for r in &remove {
-                            subscribed.remove(r);
+            for (rooms, subscribe) in [(add, true), (remove, false)] {
+                if rooms.is_empty() {
+                    continue;
+                }
+                let results = self.change_subscriptions(&rooms, subscribe).await;
+                let mut failed = Vec::new();
+                for (room, result) in rooms.into_iter().zip(results) {
+                    match result {
+                        Ok(()) => {
+                            uncertain.remove(&room);
+                            if subscribe {
+                                subscribed.insert(room);
+                            } else {
+                                subscribed.remove(&room);
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, room = %room, subscribe, "room subscription change failed; retrying");
+                            uncertain.insert(room.clone());
+                            failed.push(room);
                         }
                     }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "unsubscribe failed; retrying");
-                        self.retry_rooms(remove);
-                    }
+                }
+                if !failed.is_empty() {
+                    self.retry_rooms(failed);
                 }
             }
         }
     }
 
-    /// One SUBSCRIBE/UNSUBSCRIBE for the whole batch; in Redis Cluster one SSUBSCRIBE per
-    /// channel (a command's channels must share a slot), sent concurrently.
+    /// One SUBSCRIBE/UNSUBSCRIBE for the whole batch, whose result is every room's; in Redis
+    /// Cluster one SSUBSCRIBE per channel (a command's channels must share a slot), sent
+    /// concurrently, each with its own result, so a partly failed batch records what worked.
     async fn change_subscriptions(
         &self,
-        channels: Vec<String>,
+        rooms: &[RoomName],
         add: bool,
-    ) -> Result<(), fred::error::Error> {
+    ) -> Vec<Result<(), fred::error::Error>> {
+        let channels = rooms.iter().map(|r| self.keys.room(r.as_str()));
         if !self.sharded {
-            return if add {
+            let channels: Vec<String> = channels.collect();
+            let result = if add {
                 self.subscriber.subscribe(channels).await
             } else {
                 self.subscriber.unsubscribe(channels).await
             };
+            return vec![result; rooms.len()];
         }
-        let calls = channels.into_iter().map(|c| async move {
+        let calls = channels.map(|c| async move {
             if add {
                 self.subscriber.ssubscribe(c).await
             } else {
                 self.subscriber.sunsubscribe(c).await
             }
         });
-        futures_util::future::join_all(calls)
-            .await
-            .into_iter()
-            .collect()
+        futures_util::future::join_all(calls).await
     }
 
     fn retry_rooms(self: &Arc<Self>, rooms: Vec<RoomName>) {

@@ -17,7 +17,8 @@ pub(super) fn view_to_info(v: ConnectionView) -> ConnectionInfo {
 }
 
 pub(super) fn info_to_view(i: ConnectionInfo) -> ConnectionView {
-    let at = |ms: u64| UNIX_EPOCH + Duration::from_millis(ms);
+    // Another node's numbers are not trusted to be sane: clamped to what RFC 3339 can show.
+    let at = |ms: u64| UNIX_EPOCH + Duration::from_millis(ms.min(protocol::envelope::MAX_TIME_MS));
     ConnectionView {
         id: ConnectionId::from_string(i.id),
         node: NodeId::new(i.node),
