@@ -75,3 +75,48 @@ async fn unresponsive_close_handshakes_are_dropped_after_the_period() {
         "dropped 2 s after the period"
     );
 }
+
+/// A second SIGTERM during a drain exits at once, with code 1.
+#[tokio::test]
+async fn a_second_sigterm_during_a_drain_exits_at_once() {
+    let mut node = Node::start("[server]\ndrain_delay = \"30s\"\n").await;
+    let _c = node.connect().await;
+    node.signal("TERM");
+    for _ in 0..100 {
+        if node.get("/readyz").await.0 == 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let start = Instant::now();
+    node.signal("TERM");
+    assert_eq!(node.wait_exit(Duration::from_secs(5)).await.code(), Some(1));
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
+/// An admin request left half sent does not hold the drain's exit.
+#[tokio::test]
+async fn a_half_open_admin_request_does_not_hold_the_exit() {
+    use tokio::io::AsyncWriteExt;
+    let mut node = Node::start("[server]\ndrain_delay = \"0s\"\ndrain_period = \"0s\"\n").await;
+    let mut half = tokio::net::TcpStream::connect(node.admin).await.unwrap();
+    half.write_all(b"GET /cluster HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut idle = tokio::net::TcpStream::connect(node.admin).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let start = Instant::now();
+    node.signal("TERM");
+    assert_eq!(node.wait_exit(Duration::from_secs(8)).await.code(), Some(0));
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+}

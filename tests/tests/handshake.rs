@@ -68,7 +68,20 @@ async fn origin_is_checked_when_configured() {
 
 #[tokio::test]
 async fn tokens_from_header_query_and_cookie() {
-    let config = format!("{AUTH}cookie = \"sess\"\n");
+    // A token cookie without an origin list is cross-site WebSocket hijacking: refused.
+    let refused = start_refused(
+        &[],
+        &[
+            ("WSGATE_AUTH__JWT_SECRET", "s"),
+            ("WSGATE_AUTH__COOKIE", "sess"),
+        ],
+    );
+    assert!(
+        refused.contains("auth.cookie") && refused.contains("allowed_origins"),
+        "{refused}"
+    );
+    let config =
+        format!("[server]\nallowed_origins = [\"https://app.example\"]\n{AUTH}cookie = \"sess\"\n");
     let node = Node::start(&config).await;
     let token = mint_token(&config, "alice", None, "1h").unwrap();
     assert!(connect_bearer(&node, &token).await.is_ok());
@@ -86,9 +99,27 @@ async fn tokens_from_header_query_and_cookie() {
                 "cookie",
                 HeaderValue::from_str(&format!("a=b; sess={t}")).unwrap(),
             );
+            r.headers_mut()
+                .insert("origin", HeaderValue::from_static("https://app.example"));
         })
         .await
         .is_ok());
+    // The cookie from another site's page: the browser sends it, the origin check refuses.
+    let t = token.clone();
+    let (status, _, _) = refusal(
+        node.connect_req(move |r| {
+            r.headers_mut().insert(
+                "cookie",
+                HeaderValue::from_str(&format!("sess={t}")).unwrap(),
+            );
+            r.headers_mut()
+                .insert("origin", HeaderValue::from_static("https://evil.example"));
+        })
+        .await
+        .err()
+        .unwrap(),
+    );
+    assert_eq!(status, 403);
     // The identity is visible to the management API.
     let c = connect_bearer(&node, &token).await.unwrap();
     let (status, body) = node.get(&format!("/@connections/{}", c.id())).await;

@@ -162,13 +162,26 @@ pub async fn run(
     }
     let stop_servers = CancellationToken::new();
     let servers = TaskTracker::new();
-    let client = server::serve_client(
+    let client = server::serve(
         listeners.client,
         server::client_router(app.clone()),
         stop_servers.clone(),
+        server::ServeOptions {
+            header_timeout: config.server.handshake_timeout,
+            max_connections: None,
+            slots: Some(app.slots.clone()),
+        },
     );
-    let admin = axum::serve(listeners.admin, admin::router(app.clone()))
-        .with_graceful_shutdown(stop_servers.clone().cancelled_owned());
+    let admin = server::serve(
+        listeners.admin,
+        admin::router(app.clone()),
+        stop_servers.clone(),
+        server::ServeOptions {
+            header_timeout: admin::HEADER_TIMEOUT,
+            max_connections: Some(admin::MAX_CONNECTIONS),
+            slots: None,
+        },
+    );
     let failed = CancellationToken::new();
     for (name, fut) in [
         (

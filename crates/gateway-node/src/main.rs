@@ -76,10 +76,15 @@ fn run_node(cli: &Cli) -> anyhow::Result<()> {
             .with_context(|| format!("binding admin.listen {}", config.admin.listen))?;
         let shutdown = CancellationToken::new();
         let on_signal = shutdown.clone();
+        let mut signals = Signals::new().context("installing the SIGTERM and SIGINT handlers")?;
         tokio::spawn(async move {
-            shutdown_signal().await;
+            signals.next().await;
             tracing::info!("signal received: draining");
             on_signal.cancel();
+            // SPEC section 8: a second signal during the drain exits at once.
+            signals.next().await;
+            tracing::warn!("second signal during the drain: exiting now");
+            std::process::exit(1);
         });
         gateway_node::run(config, Listeners { client, admin }, shutdown).await
     })
@@ -119,15 +124,26 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     }
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+/// SIGTERM and SIGINT, installed once so that no signal falls between two waits.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// Resolves on the next SIGTERM or SIGINT.
+    async fn next(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
     }
 }

@@ -1,8 +1,11 @@
-//! The client listener: its accept loop and routes.
+//! The accept loop of both listeners, and the client listener's routes.
 //!
 //! The accept loop is ours rather than `axum::serve` so that an upgraded connection is the
-//! plain `TcpStream` underneath (the session splits it and writes to it directly) and so that
-//! every accepted socket gets `TCP_NODELAY`.
+//! plain `TcpStream` underneath (the session splits it and writes to it directly), so that
+//! every accepted socket gets `TCP_NODELAY`, and so that what a connection may cost before it
+//! has sent a whole request is bounded: a header timeout, a header size limit (431), a slot
+//! taken at accept on the client listener, a connection bound on the admin listener, and a
+//! deadline on the connections still open when the listener stops.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,15 +16,34 @@ use axum::routing::get;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_service::Service;
 
 use crate::app::App;
 use crate::error::ApiError;
+use crate::ws::limits::{PendingSlot, Slots};
 
-/// Time a client has to send its request headers.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest request line plus headers, in bytes (SPEC section 3): over it the answer is 431.
+/// hyper's read buffer is this large at most, so it also bounds what a slow client holds.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+
+/// How long connections still open when a listener stops may take to finish their request
+/// (answers in flight, a handshake half sent); then they are dropped, so that no client can
+/// hold a drain's exit.
+pub const STOP_GRACE: Duration = Duration::from_secs(2);
+
+/// What one listener allows a connection before and while it sends a request.
+#[derive(Clone)]
+pub struct ServeOptions {
+    /// Time to send the request line and headers.
+    pub header_timeout: Duration,
+    /// Connections served at once; the rest wait in the kernel's accept queue.
+    pub max_connections: Option<usize>,
+    /// Client listener: each connection takes a slot at accept (node and per-IP limits).
+    pub slots: Option<Arc<Slots>>,
+}
 
 /// `server.path` upgrades; everything else is 404 with a JSON body.
 pub fn client_router(app: Arc<App>) -> axum::Router {
@@ -32,15 +54,24 @@ pub fn client_router(app: Arc<App>) -> axum::Router {
         .with_state(app)
 }
 
-/// Accepts client connections until `stop`, then lets HTTP requests in flight finish.
+/// Accepts connections until `stop`, then gives the open ones [`STOP_GRACE`] to finish.
 /// Upgraded connections are sessions, which the drain ends, not this loop.
-pub async fn serve_client(
+pub async fn serve(
     listener: TcpListener,
     router: axum::Router,
     stop: CancellationToken,
+    opts: ServeOptions,
 ) -> std::io::Result<()> {
     let conns = TaskTracker::new();
+    let bound = opts.max_connections.map(|n| Arc::new(Semaphore::new(n)));
     loop {
+        let permit = match &bound {
+            None => None,
+            Some(sem) => tokio::select! {
+                p = sem.clone().acquire_owned() => p.ok(),
+                () = stop.cancelled() => break,
+            },
+        };
         let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -56,12 +87,28 @@ pub async fn serve_client(
         // Small frames to many sockets: Nagle's algorithm would hold a frame back until the
         // client's (delayed) ACK of the previous one, adding up to 40 ms.
         let _ = tcp.set_nodelay(true);
+        let slot = opts
+            .slots
+            .as_ref()
+            .map(|slots| PendingSlot::accept(slots, peer.ip()));
         let router = router.clone();
         let stop = stop.clone();
-        conns.spawn(serve_connection(tcp, peer, router, stop));
+        let header_timeout = opts.header_timeout;
+        conns.spawn(async move {
+            serve_connection(tcp, peer, router, stop, header_timeout, slot).await;
+            drop(permit);
+        });
     }
     conns.close();
-    conns.wait().await;
+    if tokio::time::timeout(STOP_GRACE, conns.wait())
+        .await
+        .is_err()
+    {
+        tracing::debug!(
+            open = conns.len(),
+            "connections unfinished after the listener stopped: dropping them"
+        );
+    }
     Ok(())
 }
 
@@ -70,16 +117,22 @@ async fn serve_connection(
     peer: SocketAddr,
     router: axum::Router,
     stop: CancellationToken,
+    header_timeout: Duration,
+    slot: Option<PendingSlot>,
 ) {
     let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         req.extensions_mut().insert(ConnectInfo(peer));
+        if let Some(slot) = &slot {
+            req.extensions_mut().insert(slot.clone());
+        }
         let mut router = router.clone();
         // `Router` is always ready, and its error type is `Infallible`.
         async move { router.call(req.map(axum::body::Body::new)).await }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(header_timeout)
+        .max_buf_size(MAX_HEADER_BYTES)
         .serve_connection(TokioIo::new(tcp), service)
         .with_upgrades();
     tokio::pin!(conn);

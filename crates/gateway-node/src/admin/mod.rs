@@ -18,6 +18,13 @@ use protocol::ErrorCode;
 use crate::app::App;
 use crate::error::ApiError;
 
+/// Time an admin client has to send its request headers (SPEC section 8).
+pub const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Admin connections served at once: operators and scrapers, never thousands; more wait in
+/// the accept queue rather than each holding a task and a buffer.
+pub const MAX_CONNECTIONS: usize = 256;
+
 /// The admin router. `/metrics`, `/healthz` and `/readyz` are open; everything else needs the
 /// admin token when one is set.
 pub fn router(app: Arc<App>) -> axum::Router {

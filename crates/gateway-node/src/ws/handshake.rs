@@ -20,6 +20,7 @@ use tokio_tungstenite::WebSocketStream;
 
 use crate::app::App;
 use crate::error::ApiError;
+use crate::ws::limits::{PendingSlot, Slot, SlotError};
 use crate::ws::outbound::{SessionIo, SocketTransport};
 use crate::ws::session::Session;
 
@@ -32,6 +33,28 @@ fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) 
             .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
             .unwrap_or(false)
     })
+}
+
+/// A slot taken for this upgrade: given back to the connection when the upgrade is refused,
+/// since the connection stays open (keep-alive) and still counts against the limits.
+struct Taken {
+    slot: Option<Slot>,
+    home: Option<PendingSlot>,
+}
+
+impl Taken {
+    /// The upgrade goes ahead: the session holds the slot from now on.
+    fn keep(mut self) -> Option<Slot> {
+        self.slot.take()
+    }
+}
+
+impl Drop for Taken {
+    fn drop(&mut self) {
+        if let (Some(slot), Some(home)) = (self.slot.take(), &self.home) {
+            home.give_back(slot);
+        }
+    }
 }
 
 /// The upgrade handler.
@@ -76,14 +99,22 @@ pub async fn upgrade(
             .retry_after(RETRY_AFTER_SECS)
             .into_response();
     }
-    let slot = match app.slots.acquire(peer.ip()) {
-        Ok(slot) => slot,
-        Err(crate::ws::limits::SlotError::NodeFull) => {
+    let pending = req.extensions().get::<PendingSlot>().cloned();
+    let taken = match pending.as_ref() {
+        Some(p) => p.take(&app.slots, peer.ip()),
+        None => app.slots.acquire(peer.ip()),
+    };
+    let slot = match taken {
+        Ok(slot) => Taken {
+            slot: Some(slot),
+            home: pending,
+        },
+        Err(SlotError::NodeFull) => {
             return ApiError::unavailable("node is full")
                 .retry_after(RETRY_AFTER_SECS)
                 .into_response()
         }
-        Err(crate::ws::limits::SlotError::PerIp) => {
+        Err(SlotError::PerIp) => {
             return ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 ErrorCode::RateLimited,
@@ -167,6 +198,7 @@ pub async fn upgrade(
         },
     ));
     let session_app = app.clone();
+    let slot = slot.keep();
     app.sessions.spawn(async move {
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
