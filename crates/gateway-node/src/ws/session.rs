@@ -27,6 +27,19 @@ use crate::ws::outbound::{self, flush_all, SessionIo};
 /// The WebSocket of one client: tungstenite reads; writes go through the outbound.
 type Ws = tokio_tungstenite::WebSocketStream<SessionIo>;
 
+/// A connection counted and reachable until this is dropped.
+struct Registered {
+    app: Arc<App>,
+    conn: Arc<ConnHandle>,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.app.router.unregister(&self.conn);
+        self.app.metrics.connections_active.dec();
+    }
+}
+
 /// How a session ends.
 enum End {
     /// The server closes with this code.
@@ -114,8 +127,15 @@ impl Session {
     /// Runs the connection to its end.
     pub async fn run(mut self) {
         let app = self.app.clone();
-        app.router.register(self.conn.clone()).await;
+        // Armed before the registration: whatever ends this task (the end of the session, a
+        // panic unwinding through it, the task dropped mid-await) unregisters the connection,
+        // so no ghost member, affinity record or socket outlives it.
+        let registered = Registered {
+            app: app.clone(),
+            conn: self.conn.clone(),
+        };
         app.metrics.connections_active.inc();
+        app.router.register(self.conn.clone()).await;
         app.metrics.connections.inc();
         let welcome = ServerFrame::Welcome {
             connection_id: self.conn.id.clone(),
@@ -126,8 +146,7 @@ impl Session {
         self.reply(&welcome);
         let end = self.serve().await;
         // Unreachable from now on, before the (bounded) close handshake.
-        app.router.unregister(&self.conn);
-        app.metrics.connections_active.dec();
+        drop(registered);
         match end {
             End::Close(code) => {
                 tokio::select! {
@@ -335,6 +354,8 @@ impl Session {
     }
 
     async fn handle(&mut self, frame: ClientFrame) -> Option<End> {
+        #[cfg(test)]
+        tests::panic_probe(&frame);
         if let ClientFrame::Routed(r) = &frame {
             if r.action.is_none() {
                 return self.bad_frame(r.id.clone(), "missing field `action`");
@@ -472,6 +493,100 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The id of a `ping` that panics its session: the test-only hook that proves a panic
+    /// leaves nothing behind. Compiled into unit tests only.
+    const PANIC_PROBE: &str = "__wsgate_test_panic__";
+
+    pub(super) fn panic_probe(frame: &ClientFrame) {
+        if let ClientFrame::Ping {
+            id: Some(RequestId::Str(id)),
+        } = frame
+        {
+            if id == PANIC_PROBE {
+                panic!("panic injected by a test");
+            }
+        }
+    }
+
+    /// A session task that panics mid-session unregisters its connection: no member, no
+    /// registry entry, no slot, no gauge count and no socket is left behind.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panicking_session_leaves_nothing_behind() {
+        use room_router::bus::local::LocalBus;
+        use room_router::{Router, RouterOptions};
+
+        let config = Arc::new(crate::config::Config::default());
+        let node = protocol::NodeId::new("panic-test");
+        let router = Router::new(
+            node.clone(),
+            Arc::new(LocalBus::standalone(node)),
+            RouterOptions {
+                rooms_per_connection: 10,
+                max_message_bytes: 65_536,
+                framer: outbound::frame,
+            },
+        );
+        let metrics = crate::metrics::Metrics::new(router.clone());
+        let app = App::new(config.clone(), router, metrics, None);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(crate::server::serve(
+            listener,
+            crate::server::client_router(app.clone()),
+            stop.clone(),
+            crate::server::ServeOptions {
+                header_timeout: Duration::from_secs(5),
+                max_connections: None,
+                slots: Some(app.slots.clone()),
+            },
+        ));
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
+            .await
+            .unwrap();
+        let mut next_text = async || loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) => return Some(t),
+                Some(Ok(_)) => continue,
+                _ => return None,
+            }
+        };
+        assert!(next_text().await.unwrap().contains("welcome"));
+        drop(next_text);
+        ws.send(Message::text(r#"{"action":"join","room":"r","id":1}"#))
+            .await
+            .unwrap();
+        assert!(ws
+            .next()
+            .await
+            .unwrap()
+            .unwrap()
+            .to_text()
+            .unwrap()
+            .contains("ack"));
+        assert_eq!(app.router.connection_count(), 1);
+        assert_eq!(app.router.room_count(), 1);
+        let probe = format!(r#"{{"action":"ping","id":"{PANIC_PROBE}"}}"#);
+        ws.send(Message::text(probe)).await.unwrap();
+        // The client sees its socket closed (no close frame: the session died).
+        let end = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match ws.next().await {
+                    Some(Ok(Message::Text(_) | Message::Ping(_))) => continue,
+                    other => return other,
+                }
+            }
+        })
+        .await
+        .expect("the socket closes");
+        assert!(!matches!(end, Some(Ok(Message::Close(_)))), "{end:?}");
+        assert_eq!(app.router.connection_count(), 0, "unregistered");
+        assert_eq!(app.router.room_count(), 0, "no ghost member");
+        assert_eq!(app.slots.total(), 0, "slot released");
+        assert_eq!(app.metrics.connections_active.get(), 0);
+        stop.cancel();
+    }
 
     #[test]
     fn far_future_expiries_do_not_overflow_the_clock() {
