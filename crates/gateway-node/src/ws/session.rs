@@ -545,15 +545,8 @@ mod tests {
         let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
             .await
             .unwrap();
-        let mut next_text = async || loop {
-            match ws.next().await {
-                Some(Ok(Message::Text(t))) => return Some(t),
-                Some(Ok(_)) => continue,
-                _ => return None,
-            }
-        };
-        assert!(next_text().await.unwrap().contains("welcome"));
-        drop(next_text);
+        let welcome = ws.next().await.unwrap().unwrap();
+        assert!(welcome.to_text().unwrap().contains("welcome"));
         ws.send(Message::text(r#"{"action":"join","room":"r","id":1}"#))
             .await
             .unwrap();
