@@ -647,3 +647,58 @@ async fn nodes_with_skewed_clocks_stay_registered() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// A `send` to a connection on another node waits on Redis; the sender's session does not:
+/// while Redis is frozen its pings are answered and room messages reach it, and the send is
+/// answered (in order with other sends) once Redis answers or gives up.
+#[tokio::test]
+async fn a_remote_send_does_not_freeze_the_senders_session() {
+    let redis = Redis::start().await;
+    let nodes = cluster(&redis, 2).await;
+    let mut a = nodes[0].connect().await;
+    let mut a2 = nodes[0].connect().await;
+    let b = nodes[1].connect().await;
+    a.request(json!({"action":"join","room":"local","id":"j"}))
+        .await;
+
+    redis.signal("STOP");
+    let start = std::time::Instant::now();
+    a.send(json!({"action":"send","to":b.id(),"data":"one","id":"s1"}))
+        .await;
+    a.send(json!({"action":"send","to":b.id(),"data":"two","id":"s2"}))
+        .await;
+    // The session goes on: a pong and a local room message, long before Redis answers.
+    assert_eq!(
+        a.request(json!({"action":"ping","id":"p"})).await["type"],
+        "pong"
+    );
+    a2.send(json!({"action":"publish","room":"local","data":"hi"}))
+        .await;
+    let m = a.recv().await;
+    assert_eq!(
+        (m["type"].as_str(), m["data"].as_str()),
+        (Some("message"), Some("hi"))
+    );
+    assert!(
+        start.elapsed() < Duration::from_millis(1500),
+        "the session waited for Redis: {:?}",
+        start.elapsed()
+    );
+    redis.signal("CONT");
+    // Both sends are answered, in order: an ack, or `unavailable` if Redis timed out first.
+    let mut answered = Vec::new();
+    while answered.len() < 2 {
+        let f = a.recv().await;
+        if let Some(id) = f["id"].as_str().filter(|id| id.starts_with('s')) {
+            assert!(f["type"] == "ack" || f["code"] == "unavailable", "{f}");
+            if f["type"] == "error" {
+                assert!(
+                    !f["message"].as_str().unwrap().contains("redis"),
+                    "no Redis detail: {f}"
+                );
+            }
+            answered.push(id.to_owned());
+        }
+    }
+    assert_eq!(answered, ["s1", "s2"]);
+}

@@ -23,6 +23,7 @@ use crate::app::App;
 use crate::auth::{room_allowed, Identity};
 use crate::ws::limits::RateLimiter;
 use crate::ws::outbound::{self, flush_all, SessionIo};
+use crate::ws::sends::{Done, Pending, SendQueue};
 
 /// The WebSocket of one client: tungstenite reads; writes go through the outbound.
 type Ws = tokio_tungstenite::WebSocketStream<SessionIo>;
@@ -68,6 +69,8 @@ pub struct Session {
     write: Arc<OwnedWriteHalf>,
     /// Whether the last flush found the socket full.
     blocked: bool,
+    /// `send`s waiting on the cluster, answered in order while the loop goes on.
+    sends: SendQueue,
 }
 
 /// Bounds a write: a client that stops reading cannot hold the session forever.
@@ -121,6 +124,7 @@ impl Session {
             token_deadline,
             write,
             blocked: false,
+            sends: SendQueue::default(),
         }
     }
 
@@ -223,6 +227,7 @@ impl Session {
                         return end;
                     }
                 }
+                done = self.sends.next(), if !self.sends.is_empty() => self.on_send_done(done),
                 msg = self.ws.next() => {
                     if let Some(end) = self.on_message(msg).await {
                         return end;
@@ -402,14 +407,23 @@ impl Session {
                 }
             }
             ClientFrame::Send { id, to, data } => {
-                match router.send(&to, data, Some(self.conn.id.clone())).await {
-                    Ok(()) => self.ack(id, None, None),
-                    Err(SendError::NotFound(_)) => {
-                        self.error(id, ErrorCode::NotFound, "no such connection")
-                    }
-                    Err(SendError::Router(e)) => self.router_error(id, e),
-                    Err(SendError::Unavailable(e)) => {
-                        self.error(id, ErrorCode::Unavailable, &e.to_string())
+                let from = Some(self.conn.id.clone());
+                if self.sends.is_empty() && router.local_connection(to.as_str()).is_some() {
+                    // A local target is a queue push: answered at once, nothing to wait on.
+                    let result = router.send(&to, data, from).await;
+                    self.on_send_done(Done { id, result });
+                } else {
+                    let refused_id = id.clone();
+                    let send: Pending = Box::pin(async move {
+                        let result = router.send(&to, data, from).await;
+                        Done { id, result }
+                    });
+                    if self.sends.push(send).is_err() {
+                        self.error(
+                            refused_id,
+                            ErrorCode::Unavailable,
+                            "too many sends waiting for the cluster",
+                        );
                     }
                 }
             }
@@ -425,6 +439,25 @@ impl Session {
             }
         }
         None
+    }
+
+    /// Answers a finished `send`.
+    fn on_send_done(&mut self, done: Done) {
+        match done.result {
+            Ok(()) => self.ack(done.id, None, None),
+            Err(SendError::NotFound(_)) => {
+                self.error(done.id, ErrorCode::NotFound, "no such connection")
+            }
+            Err(SendError::Router(e)) => self.router_error(done.id, e),
+            Err(SendError::Unavailable(e)) => {
+                tracing::warn!(error = %e, "send to another node failed");
+                self.error(
+                    done.id,
+                    ErrorCode::Unavailable,
+                    "the cluster cannot be reached",
+                )
+            }
+        }
     }
 
     fn refresh(&mut self, id: Option<RequestId>, token: &str) -> Option<End> {

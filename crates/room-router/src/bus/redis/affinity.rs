@@ -7,6 +7,12 @@ use super::*;
 /// transient memory (commands and replies) small next to the connections it refreshes.
 pub(super) const AFFINITY_BATCH: usize = 2_000;
 
+/// The spread of the start of a re-registration after a reconnect, in ms.
+const REREGISTER_JITTER_MS: u64 = 250;
+/// The pause between re-registration pipelines after a reconnect: at most 100,000 records a
+/// second from one node.
+const REREGISTER_GAP: Duration = Duration::from_millis(20);
+
 #[derive(Default)]
 pub(super) struct AffinityWork {
     pub(super) opened: Vec<(ConnectionId, oneshot::Sender<()>)>,
@@ -58,17 +64,27 @@ impl Inner {
                 let _ = done.send(());
             }
             if all {
-                self.refresh_all(ex).await;
+                self.refresh_all(ex, work.refresh_all).await;
             }
         }
     }
 
     /// Rewrites every local connection's record, in pipelines of [`AFFINITY_BATCH`]: 20,000
     /// connections are 10 round trips per `affinity_ttl / 3` (0.5 per second at the default TTL).
-    async fn refresh_all(&self, ex: Option<Expiration>) {
+    /// After a reconnect every node does this at once, so it starts after a random delay and
+    /// leaves [`REREGISTER_GAP`] between pipelines: Redis coming back sees a spread of
+    /// batches, not one burst per node.
+    async fn refresh_all(&self, ex: Option<Expiration>, after_reconnect: bool) {
         let Some(sink) = self.sink() else { return };
         let node = self.opts.node.as_str();
-        for chunk in sink.local_connections().chunks(AFFINITY_BATCH) {
+        if after_reconnect {
+            let jitter = rand::random_range(0..REREGISTER_JITTER_MS);
+            tokio::time::sleep(Duration::from_millis(jitter)).await;
+        }
+        for (i, chunk) in sink.local_connections().chunks(AFFINITY_BATCH).enumerate() {
+            if after_reconnect && i > 0 {
+                tokio::time::sleep(REREGISTER_GAP).await;
+            }
             let pipeline = self.client.pipeline();
             for id in chunk {
                 let _: Result<(), _> = pipeline

@@ -335,6 +335,11 @@ impl Inner {
         let id = self.next_query.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.queries.insert(id, tx);
+        // Removed however this ends, a cancelled request (a client gone) included.
+        let _pending = PendingQuery {
+            queries: &self.queries,
+            id,
+        };
         let envelope = Envelope {
             origin: self.opts.node.clone(),
             body: EnvelopeBody::Query {
@@ -347,17 +352,24 @@ impl Inner {
         let receivers: i64 = self
             .publish_to(self.keys.node(node.as_str()), envelope.encode())
             .await
-            .map_err(|e| {
-                self.queries.remove(&id);
-                backend(e)
-            })?;
+            .map_err(backend)?;
         if receivers == 0 {
-            self.queries.remove(&id);
             return Ok(None);
         }
         let reply = tokio::time::timeout(QUERY_TIMEOUT, rx).await;
-        self.queries.remove(&id);
         Ok(reply.ok().and_then(Result::ok))
+    }
+}
+
+/// A query waiting for its reply; dropping it forgets the query.
+struct PendingQuery<'a> {
+    queries: &'a DashMap<u64, oneshot::Sender<Reply>>,
+    id: u64,
+}
+
+impl Drop for PendingQuery<'_> {
+    fn drop(&mut self) {
+        self.queries.remove(&self.id);
     }
 }
 
@@ -402,7 +414,9 @@ impl Bus for RedisBus {
 
     fn connection_opened<'a>(&'a self, id: &'a ConnectionId) -> BoxFuture<'a, ()> {
         Box::pin(async move {
-            if !self.inner.up() {
+            // The record goes through the command connection: a subscriber that is
+            // reconnecting on its own does not stop it being written.
+            if !self.inner.client.is_connected() {
                 // Written by the re-registration when Redis is back.
                 return;
             }

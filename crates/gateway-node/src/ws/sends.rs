@@ -1,0 +1,100 @@
+//! A connection's `send`s to other nodes, run one at a time, in order, beside its session.
+//!
+//! A `send` to a connection on another node waits on Redis (a lookup, then a publish). The
+//! session must not: while Redis answers it keeps reading frames, flushing its queue and
+//! answering pings. So a remote `send` becomes a future held here, which the session polls
+//! in its `select!` next to everything else. They run one at a time so that two sends from one
+//! client reach their targets in the order sent, and at most [`MAX_WAITING`] wait: past that
+//! the client is told the cluster is not keeping up, and nothing queues without bound.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+
+use protocol::RequestId;
+use room_router::SendError;
+
+/// Sends one connection may have waiting for the cluster.
+pub const MAX_WAITING: usize = 64;
+
+/// A finished send: the id to answer, and how it went.
+pub struct Done {
+    /// The request id of the `send` frame.
+    pub id: Option<RequestId>,
+    /// Its outcome.
+    pub result: Result<(), SendError>,
+}
+
+/// A send not yet finished.
+pub type Pending = Pin<Box<dyn Future<Output = Done> + Send>>;
+
+/// The sends of one connection, oldest first.
+#[derive(Default)]
+pub struct SendQueue {
+    running: Option<Pending>,
+    waiting: VecDeque<Pending>,
+}
+
+impl SendQueue {
+    /// Whether no send is waiting or running.
+    pub fn is_empty(&self) -> bool {
+        self.running.is_none() && self.waiting.is_empty()
+    }
+
+    /// Queues a send behind the others; `Err` gives it back when [`MAX_WAITING`] are waiting.
+    pub fn push(&mut self, send: Pending) -> Result<(), Pending> {
+        if self.waiting.len() + usize::from(self.running.is_some()) >= MAX_WAITING {
+            return Err(send);
+        }
+        self.waiting.push_back(send);
+        Ok(())
+    }
+
+    /// The next send to finish, in order. Never resolves while the queue is empty.
+    /// Cancel-safe: the running send is kept here, not in the returned future.
+    pub async fn next(&mut self) -> Done {
+        if self.running.is_none() {
+            self.running = self.waiting.pop_front();
+        }
+        let Some(running) = self.running.as_mut() else {
+            return std::future::pending().await;
+        };
+        let done = running.await;
+        self.running = None;
+        done
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn send(id: i64, after_ms: u64) -> Pending {
+        Box::pin(async move {
+            tokio::time::sleep(Duration::from_millis(after_ms)).await;
+            Done {
+                id: Some(RequestId::Int(id)),
+                result: Ok(()),
+            }
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sends_finish_in_order_one_at_a_time_and_are_bounded() {
+        let mut q = SendQueue::default();
+        assert!(q.is_empty());
+        // The first is slow: the second, fast, still finishes after it.
+        assert!(q.push(send(1, 100)).is_ok());
+        assert!(q.push(send(2, 1)).is_ok());
+        // Cancelling a wait loses nothing.
+        let _ = tokio::time::timeout(Duration::from_millis(10), q.next()).await;
+        assert_eq!(q.next().await.id, Some(RequestId::Int(1)));
+        assert_eq!(q.next().await.id, Some(RequestId::Int(2)));
+        assert!(q.is_empty());
+        for i in 0..MAX_WAITING as i64 {
+            assert!(q.push(send(i, 1)).is_ok());
+        }
+        assert!(q.push(send(99, 1)).is_err());
+    }
+}
