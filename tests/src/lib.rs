@@ -587,6 +587,8 @@ pub struct Redis {
     child: Option<Child>,
     /// Its port.
     pub port: u16,
+    /// Arguments beyond the defaults (`--requirepass ...`).
+    extra: Vec<String>,
 }
 
 /// What every test `redis-server` runs with besides its port: loopback only, nothing on disk.
@@ -606,9 +608,16 @@ fn free_port() -> u16 {
 impl Redis {
     /// Starts a server and waits until it answers.
     pub async fn start() -> Redis {
+        Redis::start_with(&[]).await
+    }
+
+    /// Starts a server with extra arguments; a `--requirepass` server still answers the
+    /// readiness probe (with an auth error), which is all the probe needs.
+    pub async fn start_with(extra: &[&str]) -> Redis {
         let mut r = Redis {
             child: None,
             port: free_port(),
+            extra: extra.iter().map(|a| a.to_string()).collect(),
         };
         r.restart().await;
         r
@@ -644,6 +653,7 @@ impl Redis {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string()])
             .args(redis_args())
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -655,7 +665,10 @@ impl Redis {
                 use tokio::io::{AsyncReadExt, AsyncWriteExt};
                 let _ = s.write_all(b"PING\r\n").await;
                 let mut buf = [0u8; 7];
-                if s.read_exact(&mut buf).await.is_ok() && &buf == b"+PONG\r\n" {
+                // `+PONG`, or `-NOAUTH` from a server with a password: either way it answers.
+                if s.read_exact(&mut buf).await.is_ok()
+                    && (&buf == b"+PONG\r\n" || buf.starts_with(b"-NOAUTH"))
+                {
                     return;
                 }
             }

@@ -702,3 +702,16 @@ async fn a_remote_send_does_not_freeze_the_senders_session() {
     }
     assert_eq!(answered, ["s1", "s2"]);
 }
+
+/// A Redis password holding characters a URL must percent-encode (generated secrets often do)
+/// is decoded before it is sent: `redis://:pa%2Fss%40w%2Brd@...` authenticates as `pa/ss@w+rd`.
+#[tokio::test]
+async fn a_percent_encoded_redis_password_is_decoded() {
+    let redis = Redis::start_with(&["--requirepass", "pa/ss@w+rd"]).await;
+    let url = format!("redis://:pa%2Fss%40w%2Brd@127.0.0.1:{}", redis.port);
+    let node = Node::start(&cluster_config(&url, None)).await;
+    assert_eq!(node.metric("wsgate_redis_up").await, 1.0);
+    let wrong = format!("redis://:wrong@127.0.0.1:{}", redis.port);
+    let err = start_refused(&["--redis-url", &wrong], &[]);
+    assert!(err.contains("cluster.redis_url"), "{err}");
+}

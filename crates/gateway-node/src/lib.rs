@@ -118,9 +118,9 @@ fn node_id(config: &Config) -> NodeId {
     if !config.cluster.node_id.is_empty() {
         return NodeId::new(config.cluster.node_id.as_str());
     }
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
+    let host = hostname::get()
         .ok()
+        .and_then(|h| h.into_string().ok())
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "wsgate".into());
     NodeId::generate(&host)

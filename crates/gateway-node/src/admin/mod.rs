@@ -49,9 +49,10 @@ pub fn router(app: Arc<App>) -> axum::Router {
         .with_state(app)
 }
 
-/// Compares without an early exit, so response timing does not reveal the token.
+/// Compares in constant time, so response timing does not reveal the token.
 fn same_secret(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    use subtle::ConstantTimeEq;
+    a.ct_eq(b).into()
 }
 
 async fn require_token(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {

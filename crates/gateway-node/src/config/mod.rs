@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
+use jsonwebtoken::{Algorithm, AlgorithmFamily};
 use serde::{Deserialize, Serialize};
 
 mod env;
@@ -106,9 +107,17 @@ fn invalid(key: &'static str, problem: impl Into<String>) -> ConfigError {
     }
 }
 
-/// The algorithms `[auth] algorithms` may name.
-pub const KNOWN_ALGORITHMS: &[&str] = &[
-    "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384", "EdDSA",
+/// The algorithms `[auth] algorithms` may name (SPEC section 3), by jsonwebtoken's names.
+pub const KNOWN_ALGORITHMS: &[Algorithm] = &[
+    Algorithm::HS256,
+    Algorithm::HS384,
+    Algorithm::HS512,
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::ES256,
+    Algorithm::ES384,
+    Algorithm::EdDSA,
 ];
 
 impl Config {
@@ -343,19 +352,26 @@ fn validate_auth(auth: &AuthConfig) -> Result<(), ConfigError> {
             "must name at least one algorithm",
         ));
     }
-    for alg in &auth.algorithms {
-        if !KNOWN_ALGORITHMS.contains(&alg.as_str()) {
-            return Err(invalid(
-                "auth.algorithms",
-                format!(
-                    "unknown algorithm {alg:?} (known: {})",
-                    KNOWN_ALGORITHMS.join(", ")
-                ),
-            ));
+    let mut algorithms = Vec::new();
+    for name in &auth.algorithms {
+        match name.parse::<Algorithm>() {
+            Ok(alg) if KNOWN_ALGORITHMS.contains(&alg) => algorithms.push(alg),
+            _ => {
+                let known: Vec<String> =
+                    KNOWN_ALGORITHMS.iter().map(|a| format!("{a:?}")).collect();
+                return Err(invalid(
+                    "auth.algorithms",
+                    format!("unknown algorithm {name:?} (known: {})", known.join(", ")),
+                ));
+            }
         }
     }
-    let has_hmac = auth.algorithms.iter().any(|a| a.starts_with("HS"));
-    let has_public = auth.algorithms.iter().any(|a| !a.starts_with("HS"));
+    let has_hmac = algorithms
+        .iter()
+        .any(|a| a.family() == AlgorithmFamily::Hmac);
+    let has_public = algorithms
+        .iter()
+        .any(|a| a.family() != AlgorithmFamily::Hmac);
     let public_source = !auth.jwt_public_key_file.is_empty()
         || !auth.jwks_file.is_empty()
         || !auth.jwks_url.is_empty();

@@ -4,7 +4,6 @@
 //! outbound so that frames never interleave.
 
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -13,6 +12,7 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, Bytes};
 use protocol::EncodedFrame;
 use room_router::{ConnHandle, Flush, FrameKind, PushError, Router, Transport};
+use socket2::SockRef;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
@@ -46,10 +46,8 @@ pub fn frame(encoded: &EncodedFrame) -> Bytes {
 
 /// The write half of a client socket, as the router's [`Transport`].
 pub struct SocketTransport {
-    /// The socket's descriptor, kept inline: the fan-out fast path writes to it without
-    /// following the runtime's pointers for every recipient.
-    fd: RawFd,
-    /// Keeps the descriptor open and tracks writability for the session's flush.
+    /// Keeps the socket open, tracks writability for the session's flush, and is the socket
+    /// the fan-out fast path sends on.
     write: Arc<OwnedWriteHalf>,
     metrics: Arc<Metrics>,
 }
@@ -57,28 +55,13 @@ pub struct SocketTransport {
 impl SocketTransport {
     /// Wraps a write half.
     pub fn new(write: Arc<OwnedWriteHalf>, metrics: Arc<Metrics>) -> Self {
-        let fd = AsRef::<tokio::net::TcpStream>::as_ref(&*write).as_raw_fd();
-        SocketTransport { fd, write, metrics }
+        SocketTransport { write, metrics }
     }
 }
 
-/// `send(2)` without blocking or SIGPIPE.
-fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
-    // SAFETY: `fd` is an open socket for as long as `SocketTransport::write` lives, which
-    // outlives every call (it is a field of the same struct); `buf` is a valid slice.
-    let n = unsafe {
-        libc::send(
-            fd,
-            buf.as_ptr().cast(),
-            buf.len(),
-            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-        )
-    };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
+/// `send(2)` without blocking or SIGPIPE: one system call, no readiness bookkeeping.
+fn send(stream: &tokio::net::TcpStream, buf: &[u8]) -> io::Result<usize> {
+    SockRef::from(stream).send_with_flags(buf, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
 }
 
 impl Transport for SocketTransport {
@@ -87,7 +70,7 @@ impl Transport for SocketTransport {
     }
 
     fn try_write_direct(&self, buf: &[u8]) -> io::Result<usize> {
-        send(self.fd, buf)
+        send((*self.write).as_ref(), buf)
     }
 
     fn delivered(&self, since: Instant) {

@@ -6,6 +6,7 @@
 //! themselves.
 
 use fred::prelude::{Config, ServerConfig};
+use percent_encoding::percent_decode_str;
 
 /// How the bus reaches Redis.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,28 +64,25 @@ pub fn parse(url: &str, mode: RedisMode) -> Result<RedisTarget, String> {
         Some((u, h)) => (Some(u), h),
         None => (None, authority),
     };
+    // Userinfo is percent-encoded in a URL: a generated password holding `/`, `+` or `@` is
+    // written `%2F`, `%2B`, `%40`, and Redis must be sent the decoded text.
     let (username, password) = match userinfo {
         None => (None, None),
         Some(u) => match u.split_once(':') {
             Some((user, pass)) => (
-                (!user.is_empty()).then(|| user.to_owned()),
-                Some(pass.to_owned()),
+                (!user.is_empty())
+                    .then(|| decode(user, "user name"))
+                    .transpose()?,
+                Some(decode(pass, "password")?),
             ),
-            None => (Some(u.to_owned()), None),
+            None => (Some(decode(u, "user name")?), None),
         },
     };
-    let mut hosts = Vec::new();
-    for h in hostlist.split(',').filter(|h| !h.is_empty()) {
-        let (host, port) = match h.rsplit_once(':') {
-            Some((host, port)) => (
-                host,
-                port.parse::<u16>()
-                    .map_err(|_| format!("bad port in {h:?}"))?,
-            ),
-            None => (h, 6379),
-        };
-        hosts.push((host.trim_matches(['[', ']']).to_owned(), port));
-    }
+    let hosts = hostlist
+        .split(',')
+        .filter(|h| !h.is_empty())
+        .map(host_port)
+        .collect::<Result<Vec<_>, String>>()?;
     if hosts.is_empty() {
         return Err(format!("{url:?} names no host"));
     }
@@ -94,7 +92,7 @@ pub fn parse(url: &str, mode: RedisMode) -> Result<RedisTarget, String> {
             if path.is_empty() {
                 return Err("a Sentinel URL needs /MASTER_NAME".into());
             }
-            (None, Some(path.to_owned()))
+            (None, Some(decode(path, "master name")?))
         }
         RedisMode::Cluster => (None, None),
         RedisMode::Standalone => {
@@ -121,6 +119,33 @@ pub fn parse(url: &str, mode: RedisMode) -> Result<RedisTarget, String> {
         database,
         master,
     })
+}
+
+/// Percent-decodes one URL component.
+fn decode(part: &str, what: &str) -> Result<String, String> {
+    percent_decode_str(part)
+        .decode_utf8()
+        .map(|s| s.into_owned())
+        .map_err(|_| format!("the {what} is not UTF-8 once percent-decoded"))
+}
+
+/// One `host[:port]` of the host list (IPv6 in brackets), parsed as a URL authority.
+fn host_port(h: &str) -> Result<(String, u16), String> {
+    let url = url::Url::parse(&format!("redis://{h}")).map_err(|e| match e {
+        url::ParseError::InvalidPort => format!("bad port in {h:?}"),
+        e => format!("bad host {h:?}: {e}"),
+    })?;
+    if url.path() != "" || url.username() != "" {
+        return Err(format!("bad host {h:?}"));
+    }
+    let host = url
+        .host_str()
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| format!("bad host {h:?}"))?;
+    Ok((
+        host.trim_matches(['[', ']']).to_owned(),
+        url.port().unwrap_or(6379),
+    ))
 }
 
 impl RedisTarget {
@@ -188,6 +213,29 @@ mod tests {
             (t.mode, t.tls, t.master.as_deref()),
             (RedisMode::Sentinel, true, Some("main"))
         );
+    }
+
+    #[test]
+    fn userinfo_and_master_are_percent_decoded() {
+        let t = parse(
+            "redis://us%40er:pa%2Fss%2Bw%3Ard@h:1",
+            RedisMode::Standalone,
+        )
+        .unwrap();
+        assert_eq!(
+            (t.username.as_deref(), t.password.as_deref()),
+            (Some("us@er"), Some("pa/ss+w:rd"))
+        );
+        let t = parse(
+            "redis-sentinel://[::1]:26379/my%20master",
+            RedisMode::Standalone,
+        )
+        .unwrap();
+        assert_eq!(t.hosts, vec![("::1".to_owned(), 26379)]);
+        assert_eq!(t.master.as_deref(), Some("my master"));
+        assert!(parse("redis://:%FF@h", RedisMode::Standalone)
+            .unwrap_err()
+            .contains("not UTF-8"));
     }
 
     #[test]
