@@ -143,6 +143,7 @@ pub async fn run(
                 .context("cluster.redis_url")?,
         )
     };
+    let deliveries = metrics::DeliveryMetrics::new();
     let router = Router::new(
         node.clone(),
         bus,
@@ -150,9 +151,10 @@ pub async fn run(
             rooms_per_connection: config.limits.rooms_per_connection,
             max_message_bytes: config.limits.max_message_bytes,
             framer: ws::outbound::frame,
+            deliveries: deliveries.clone(),
         },
     );
-    let metrics = Metrics::new(router.clone());
+    let metrics = Metrics::new(router.clone(), deliveries);
     let app = App::new(config.clone(), router, metrics, auth);
 
     let client_addr = listeners.client.local_addr()?;

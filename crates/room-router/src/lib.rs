@@ -20,7 +20,8 @@ pub mod router;
 
 pub use error::{RouterError, SendError};
 pub use outbound::{
-    unframed, Flush, FrameKind, Framer, Outbound, PushError, QueueLimits, Queued, Transport,
+    unframed, Deliveries, Flush, FrameKind, Framer, Outbound, PushError, Pushed, QueueLimits,
+    Queued, Transport,
 };
 pub use registry::{ConnHandle, ConnInfo, SessionKind};
 pub use router::{ConnectionView, NodeView, PublishReceipt, Router, RouterOptions};

@@ -11,7 +11,7 @@ use protocol::{
 
 use crate::bus::{Bus, BusSink};
 use crate::error::{BusError, RouterError, SendError};
-use crate::outbound::Framer;
+use crate::outbound::{Deliveries, Framer, PushError, Pushed};
 use crate::registry::{ConnHandle, Registry};
 use crate::rooms::{Encodings, Rooms};
 
@@ -24,6 +24,8 @@ pub struct RouterOptions {
     pub max_message_bytes: usize,
     /// Wraps each encoding of a message for the socket, once per broadcast.
     pub framer: Framer,
+    /// Counts deliveries (metrics), once per fan-out.
+    pub deliveries: Arc<dyn Deliveries>,
 }
 
 /// A connection as the management API shows it.
@@ -87,6 +89,7 @@ pub struct RouterStats {
 struct LocalNode {
     node: NodeId,
     framer: Framer,
+    deliveries: Arc<dyn Deliveries>,
     registry: Registry,
     rooms: Rooms,
     stats: RouterStats,
@@ -103,6 +106,7 @@ impl LocalNode {
         // Only a local connection can be a local member to skip.
         let exclude = exclude.and_then(|id| self.registry.get(id.as_str()));
         let out = self.rooms.fanout(room, frame, exclude.as_deref(), since);
+        self.deliveries.delivered(out.written as u64, since);
         if out.slow_consumers > 0 {
             self.stats
                 .slow_consumer_closes
@@ -127,10 +131,15 @@ impl LocalNode {
             });
         }
         let wire = (self.framer)(&encoded);
-        if conn.outbound.push(&wire, Some(Instant::now())) == Err(crate::PushError::Full) {
-            self.stats
-                .slow_consumer_closes
-                .fetch_add(1, Ordering::Relaxed);
+        let since = Instant::now();
+        match conn.outbound.push(&wire, Some(since)) {
+            Ok(Pushed::Written) => self.deliveries.delivered(1, since),
+            Ok(Pushed::Queued) | Err(PushError::Closed) => {}
+            Err(PushError::Full) => {
+                self.stats
+                    .slow_consumer_closes
+                    .fetch_add(1, Ordering::Relaxed);
+            }
         }
         Ok(())
     }
@@ -234,6 +243,7 @@ impl Router {
         let local = Arc::new(LocalNode {
             node,
             framer: options.framer,
+            deliveries: options.deliveries.clone(),
             registry: Registry::default(),
             rooms: Rooms::default(),
             stats: RouterStats::default(),

@@ -20,6 +20,7 @@ fn options() -> RouterOptions {
         rooms_per_connection: 3,
         max_message_bytes: 256,
         framer: room_router::unframed,
+        deliveries: Arc::new(()),
     }
 }
 

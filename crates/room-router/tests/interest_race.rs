@@ -89,6 +89,7 @@ fn options() -> RouterOptions {
         rooms_per_connection: 8,
         max_message_bytes: 1024,
         framer: room_router::unframed,
+        deliveries: Arc::new(()),
     }
 }
 

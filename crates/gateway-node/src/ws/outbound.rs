@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
 use protocol::EncodedFrame;
-use room_router::{ConnHandle, Flush, FrameKind, PushError, Router, Transport};
+use room_router::{ConnHandle, Deliveries, Flush, FrameKind, PushError, Router, Transport};
 use socket2::SockRef;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -74,10 +74,7 @@ impl Transport for SocketTransport {
     }
 
     fn delivered(&self, since: Instant) {
-        self.metrics.messages_delivered.inc();
-        self.metrics
-            .publish_to_delivery
-            .observe(since.elapsed().as_secs_f64());
+        self.metrics.deliveries.delivered(1, since);
     }
 }
 

@@ -558,9 +558,11 @@ mod tests {
                 rooms_per_connection: 10,
                 max_message_bytes: 65_536,
                 framer: outbound::frame,
+                deliveries: Arc::new(()),
             },
         );
-        let metrics = crate::metrics::Metrics::new(router.clone());
+        let metrics =
+            crate::metrics::Metrics::new(router.clone(), crate::metrics::DeliveryMetrics::new());
         let app = App::new(config.clone(), router, metrics, None);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

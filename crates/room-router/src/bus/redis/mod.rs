@@ -16,7 +16,9 @@
 //!   re-registers every local connection at once.
 //!
 //! # Layout
-//! [`url`] (URL forms), `keys` (names), `tls`, `reader` (incoming envelopes and queries),
+//! [`url`] (URL forms), `keys` (names), `tls`, `reader` (incoming envelopes and queries, room
+//! deliveries handed to one fan-out worker per CPU by room, so rooms do not queue behind each
+//! other),
 //! `pubsub` (publishing and room subscriptions), `affinity`, `nodes` (registry).
 //!
 //! In Redis Cluster mode every channel is a shard channel (SSUBSCRIBE/SPUBLISH): a room's
@@ -82,6 +84,9 @@ use tls::tls_connector;
 /// Room envelopes waiting to be published: bounded in count and in bytes, so a slow Redis
 /// drops instead of growing (16,384 messages of 128 KiB would otherwise be 2 GiB).
 const PUBLISH_QUEUE: usize = 16_384;
+/// Room envelopes from other nodes waiting for one fan-out worker: a worker this far behind
+/// drops (counted in `dropped`) rather than holding the reader up.
+const FANOUT_QUEUE: usize = 4_096;
 /// Bytes of envelopes waiting to be published or being published, at most.
 const PUBLISH_QUEUE_BYTES: usize = 32 << 20;
 /// Replies to other nodes' queries sent at once; past that, a query goes unanswered and its
@@ -108,6 +113,8 @@ struct Inner {
     affinity: Mutex<AffinityWork>,
     affinity_notify: Notify,
     queries: DashMap<u64, oneshot::Sender<Reply>>,
+    /// Room envelopes from other nodes, by room, to the workers that fan them out.
+    fanout_workers: Vec<mpsc::Sender<Envelope>>,
     /// Replies to other nodes' queries being sent ([`REPLIES_IN_FLIGHT`] at most).
     reply_permits: Arc<tokio::sync::Semaphore>,
     next_query: AtomicU64,
@@ -189,6 +196,9 @@ impl RedisBus {
             }
         }
         let (publish_tx, publish_rx) = mpsc::channel(PUBLISH_QUEUE);
+        let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let (fanout_workers, fanout_rxs): (Vec<_>, Vec<_>) =
+            (0..workers).map(|_| mpsc::channel(FANOUT_QUEUE)).unzip();
         let inner = Arc::new(Inner {
             keys: Keys {
                 prefix: opts.cluster.clone(),
@@ -205,6 +215,7 @@ impl RedisBus {
             affinity: Mutex::new(AffinityWork::default()),
             affinity_notify: Notify::new(),
             queries: DashMap::new(),
+            fanout_workers,
             reply_permits: Arc::new(tokio::sync::Semaphore::new(REPLIES_IN_FLIGHT)),
             next_query: AtomicU64::new(1),
             malformed: AtomicU64::new(0),
@@ -224,6 +235,12 @@ impl RedisBus {
         .map_err(backend)?;
         let i = inner.clone();
         inner.tasks.spawn(async move { i.run_reader().await });
+        for rx in fanout_rxs {
+            let i = inner.clone();
+            inner
+                .tasks
+                .spawn(async move { i.run_fanout_worker(rx).await });
+        }
         let i = inner.clone();
         inner
             .tasks

@@ -127,7 +127,39 @@ impl Inner {
                     let _ = tx.send(reply);
                 }
             }
+            EnvelopeBody::Room { ref room, .. } => {
+                // Fanned out by the room's worker: a 20,000-member room does not hold up
+                // other rooms' deliveries, and one room's messages stay in order.
+                let worker = &self.fanout_workers[worker_for(room, self.fanout_workers.len())];
+                if worker.try_send(envelope).is_err() {
+                    self.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
             _ => sink.deliver(envelope),
         }
     }
+
+    /// Delivers the room envelopes of the rooms assigned to this worker, in arrival order.
+    pub(super) async fn run_fanout_worker(self: Arc<Self>, mut rx: mpsc::Receiver<Envelope>) {
+        loop {
+            let envelope = tokio::select! {
+                () = self.cancel.cancelled() => return,
+                e = rx.recv() => match e {
+                    Some(e) => e,
+                    None => return,
+                },
+            };
+            if let Some(sink) = self.sink() {
+                sink.deliver(envelope);
+            }
+        }
+    }
+}
+
+/// The fan-out worker of a room: a stable hash of its name.
+pub(super) fn worker_for(room: &RoomName, workers: usize) -> usize {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    room.hash(&mut h);
+    (h.finish() % workers.max(1) as u64) as usize
 }

@@ -11,10 +11,9 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
-use room_router::Router;
+use room_router::{Deliveries, Router};
 
 /// `wsgate_connections_active`.
 pub const CONNECTIONS_ACTIVE: &str = "wsgate_connections_active";
@@ -57,27 +56,76 @@ pub struct Metrics {
     /// Client messages received.
     pub messages_in: Counter,
     /// Room and direct messages written to clients.
-    pub messages_delivered: Counter,
-    /// From the message entering the node to its write to the socket.
-    pub publish_to_delivery: Histogram,
+    /// Deliveries: `wsgate_messages_delivered_total` and the latency histogram.
+    pub deliveries: Arc<DeliveryMetrics>,
     /// Refused handshakes by reason.
     auth_failures: Family<Labels, Counter>,
     /// Proxied sessions.
     pub proxy_sessions_active: Gauge,
 }
 
+mod histogram;
+
+pub use histogram::AtomicHistogram;
+
+/// Deliveries, counted once per fan-out (room-router's [`Deliveries`]).
+#[derive(Debug)]
+pub struct DeliveryMetrics {
+    /// `wsgate_messages_delivered_total`.
+    pub count: Counter,
+    /// `wsgate_publish_to_delivery_seconds`: 100 µs to ~6.5 s, doubling, which covers
+    /// loopback through cross-region.
+    pub latency: AtomicHistogram,
+}
+
+impl DeliveryMetrics {
+    /// Both at zero.
+    pub fn new() -> Arc<DeliveryMetrics> {
+        Arc::new(DeliveryMetrics {
+            count: Counter::default(),
+            latency: AtomicHistogram::exponential(0.0001, 2.0, 17),
+        })
+    }
+}
+
+impl Deliveries for DeliveryMetrics {
+    fn delivered(&self, n: u64, since: std::time::Instant) {
+        if n > 0 {
+            self.count.inc_by(n);
+            self.latency.observe_n(since.elapsed().as_secs_f64(), n);
+        }
+    }
+}
+
+/// The registry holds metrics by value; this shares the histogram with the router.
+#[derive(Debug)]
+struct SharedHistogram(Arc<DeliveryMetrics>);
+
+impl prometheus_client::metrics::TypedMetric for SharedHistogram {
+    const TYPE: prometheus_client::metrics::MetricType =
+        prometheus_client::metrics::MetricType::Histogram;
+}
+
+impl prometheus_client::encoding::EncodeMetric for SharedHistogram {
+    fn encode(
+        &self,
+        encoder: prometheus_client::encoding::MetricEncoder,
+    ) -> Result<(), fmt::Error> {
+        self.0.latency.encode(encoder)
+    }
+
+    fn metric_type(&self) -> prometheus_client::metrics::MetricType {
+        <Self as prometheus_client::metrics::TypedMetric>::TYPE
+    }
+}
+
 impl Metrics {
     /// Registers every metric; the router's counters are read at scrape time.
-    pub fn new(router: Arc<Router>) -> Arc<Metrics> {
+    pub fn new(router: Arc<Router>, deliveries: Arc<DeliveryMetrics>) -> Arc<Metrics> {
         let mut registry = Registry::default();
         let connections_active = Gauge::default();
         let connections = Counter::default();
         let messages_in = Counter::default();
-        let messages_delivered = Counter::default();
-        // 100 µs to ~6.5 s, doubling: covers loopback through cross-region.
-        let publish_to_delivery = Histogram::new(
-            prometheus_client::metrics::histogram::exponential_buckets(0.0001, 2.0, 17),
-        );
         let auth_failures = Family::<Labels, Counter>::default();
         for reason in AUTH_REASONS {
             let _ = auth_failures.get_or_create(&vec![("reason", reason)]);
@@ -97,12 +145,12 @@ impl Metrics {
         registry.register(
             MESSAGES_DELIVERED,
             "Room and direct messages written to clients",
-            messages_delivered.clone(),
+            deliveries.count.clone(),
         );
         registry.register(
             PUBLISH_TO_DELIVERY,
             "Time from a message entering the node to its write to a client socket",
-            publish_to_delivery.clone(),
+            SharedHistogram(deliveries.clone()),
         );
         registry.register(
             AUTH_FAILURES,
@@ -120,8 +168,7 @@ impl Metrics {
             connections_active,
             connections,
             messages_in,
-            messages_delivered,
-            publish_to_delivery,
+            deliveries,
             auth_failures,
             proxy_sessions_active,
         })
