@@ -17,7 +17,7 @@ use crate::cli::BroadcastArgs;
 use crate::client::{self, Target, Ws};
 use crate::report::{self, ms, round, Outcome};
 use crate::worker::now_ns;
-use crate::{procstat, redis_stats};
+use crate::{probe, procstat, redis_stats};
 
 /// The publish frame for sequence `seq` (request id `seq + 1`): `data` is
 /// `{"seq":N,"t":SEND_NS,"pad":"xx…"}`, padded to about `size` bytes.
@@ -117,6 +117,15 @@ pub async fn run(args: BroadcastArgs) -> anyhow::Result<()> {
     let mut publisher_failure = None;
     let mut late_max = Duration::ZERO;
     let pb = report::bar(planned, "publishing");
+    let side = probe::Side::start(
+        &pub_target,
+        &args.room,
+        args.probe_interval,
+        args.churn,
+        usize::MAX / 4,
+    )
+    .await
+    .context("opening the probe and churn connections")?;
     let cpu_before = procstat::cpu_total(pids)?;
     let start = Instant::now();
     let mut sent = 0u64;
@@ -144,6 +153,7 @@ pub async fn run(args: BroadcastArgs) -> anyhow::Result<()> {
         pb.set_position(sent);
     }
     pb.finish_and_clear();
+    let side = side.stop().await;
     // The offered window: `sent` publishes at `rate` per second.
     let window_secs = sent as f64 / f64::from(args.rate);
     tokio::time::sleep_until((Instant::now() + args.grace).min(deadline).into()).await;
@@ -213,6 +223,8 @@ pub async fn run(args: BroadcastArgs) -> anyhow::Result<()> {
         "grace_seconds": args.grace.as_secs_f64(),
         "node_pids": pids,
         "redis_url": args.redis_url,
+        "probe_interval_ms": args.probe_interval.map(|d| d.as_millis() as u64),
+        "churn": args.churn,
         "workers": report::worker_count(common, requested),
         "connect_concurrency": common.connect_concurrency,
         "timeout_seconds": args.timeout().as_secs_f64(),
@@ -241,6 +253,19 @@ pub async fn run(args: BroadcastArgs) -> anyhow::Result<()> {
             "p999": ms(lat, 0.999),
             "max": ms(lat, 1.0),
         },
+        "probe_ping_ms": (args.probe_interval.is_some()).then(|| json!({
+            "count": side.ping_us.len(),
+            "lost": side.ping_lost,
+            "p50": ms(&side.ping_us, 0.5),
+            "p99": ms(&side.ping_us, 0.99),
+            "max": ms(&side.ping_us, 1.0),
+        })),
+        "churn_join_ms": (args.churn > 0).then(|| json!({
+            "cycles": side.churn_cycles,
+            "p50": ms(&side.join_us, 0.5),
+            "p99": ms(&side.join_us, 0.99),
+            "max": ms(&side.join_us, 1.0),
+        })),
         "node_cpu_seconds": cpu.map(|c| round(c, 3)),
         "node_cpu_seconds_per_1000_deliveries": per_1000.map(|c| round(c, 6)),
         "node_rss_kib": rss.map(|b| b / 1024),
@@ -275,6 +300,31 @@ pub async fn run(args: BroadcastArgs) -> anyhow::Result<()> {
         ),
         ("deliveries/s", format!("{rate:.0}")),
         ("latency", report::latency_line(lat)),
+        (
+            "probe ping",
+            if args.probe_interval.is_some() {
+                format!(
+                    "{} pings ({} lost): {}",
+                    side.ping_us.len(),
+                    side.ping_lost,
+                    report::latency_line(&side.ping_us)
+                )
+            } else {
+                "off (--probe-interval)".into()
+            },
+        ),
+        (
+            "churn joins",
+            if args.churn > 0 {
+                format!(
+                    "{} join/leave cycles: {}",
+                    side.churn_cycles,
+                    report::latency_line(&side.join_us)
+                )
+            } else {
+                "off (--churn)".into()
+            },
+        ),
         (
             "node CPU",
             match (cpu, per_1000) {

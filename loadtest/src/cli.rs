@@ -119,6 +119,14 @@ pub struct BroadcastArgs {
     /// after the run: Redis commands per publish in cluster runs.
     #[arg(long)]
     pub redis_url: Option<String>,
+    /// While publishing, one more connection (in no room) pings the publisher's node this
+    /// often and times each pong: does the fan-out stall unrelated connections?
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub probe_interval: Option<Duration>,
+    /// While publishing, this many connections join and leave the room back to back, each
+    /// timing its joins: do joins wait for the fan-out?
+    #[arg(long, default_value_t = 0)]
+    pub churn: u32,
 }
 
 impl BroadcastArgs {

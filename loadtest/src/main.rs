@@ -13,6 +13,7 @@ mod cli;
 mod client;
 mod floor;
 mod idle;
+mod probe;
 mod procstat;
 mod redis_stats;
 mod report;

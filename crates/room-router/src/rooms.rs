@@ -319,7 +319,10 @@ mod tests {
         assert!(rooms.leave(&other, &late));
         assert!(!rooms.leave(&big, &late));
         let waited = start.elapsed();
-        assert!(waited < Duration::from_millis(200), "waited {waited:?} for the fan-out");
+        assert!(
+            waited < Duration::from_millis(200),
+            "waited {waited:?} for the fan-out"
+        );
         let out = fanning.join().unwrap();
         assert_eq!((out.queued, out.written), (1, 1));
     }
