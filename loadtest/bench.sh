@@ -2,12 +2,16 @@
 # Reproduces loadtest/RESULTS.md: nodes pinned to CPU 0, the harness (and Redis) pinned to
 # CPU 1, fresh nodes per scenario.
 #
-#   loadtest/bench.sh [idle|floor|broadcast|cluster|all]        (default: all)
+#   loadtest/bench.sh [idle|floor|broadcast|cluster|stall|all]   (default: all)
 #
 # idle       18,000 idle connections on one embedded node
 # floor      the same fan-out as broadcast as bare loopback TCP sends: the machine's floor
 # broadcast  5,000 members on one embedded node, 10 publishes/s for 20 s
 # cluster    two nodes through one redis-server, 2,000 members split, 50 publishes/s for 20 s
+# stall      18,000 members (near one node's file limit), 5 publishes/s for 20 s, while one
+#            connection in no room pings every 10 ms and 20 connections join and leave the
+#            room: does the fan-out stall the rest of the node? The node gets both CPUs (two
+#            runtime threads), since the question is whether it blocks a thread.
 #
 # NODE_BIN=path/to/gateway-node compares another build (e.g. an older commit) under the same
 # harness; OUT=dir sets where result files go (default loadtest/results).
@@ -16,8 +20,8 @@ cd "$(dirname "$0")/.."
 
 scenario="${1:-all}"
 case "$scenario" in
-  idle | floor | broadcast | cluster | all) ;;
-  *) echo "usage: $0 [idle|floor|broadcast|cluster|all]" >&2; exit 2 ;;
+  idle | floor | broadcast | cluster | stall | all) ;;
+  *) echo "usage: $0 [idle|floor|broadcast|cluster|stall|all]" >&2; exit 2 ;;
 esac
 out="${OUT:-loadtest/results}"
 mkdir -p "$out"
@@ -80,13 +84,14 @@ wait_ready() {
   exit 1
 }
 
-# Starts a fresh node on CPU 0 (extra arguments go to the node); sets node_pid.
+# Starts a fresh node on CPU 0, or on CPUS when set (extra arguments go to the node); sets
+# node_pid.
 start_node() {
   stop_node
   port=$((port + 1))
   admin=$((admin + 1))
   # taskset execs the node, so $! is the node's own PID (what --node-pid measures).
-  WSGATE_LIMITS__MAX_CONNECTIONS=0 taskset -c 0 "$node_bin" \
+  WSGATE_LIMITS__MAX_CONNECTIONS=0 taskset -c "${CPUS:-0}" "$node_bin" \
     --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" "$@" 2>"$out/node.log" &
   node_pid=$!
   wait_ready "$node_pid" "$admin" "$out/node.log"
@@ -137,10 +142,18 @@ run_broadcast() {
     --members 5000 --rate 10 --duration 20s --size 100 --out "$out/broadcast.json"
 }
 
+run_stall() {
+  CPUS=0,1 start_node
+  "$harness" broadcast --url "ws://127.0.0.1:$port/ws" --node-pid "$node_pid" \
+    --members 18000 --rate 5 --duration 20s --size 100 --probe-interval 10ms --churn 20 \
+    --out "$out/stall.json"
+}
+
 case "$scenario" in
+  stall) run_stall ;;
   idle) run_idle ;;
   floor) run_floor ;;
   broadcast) run_broadcast ;;
   cluster) run_cluster ;;
-  all) run_idle; run_floor; run_broadcast; run_cluster ;;
+  all) run_idle; run_floor; run_broadcast; run_cluster; run_stall ;;
 esac

@@ -3,10 +3,12 @@
 //! # Layout
 //! - [`cli`], [`config`], [`telemetry`]: what `main` reads at start.
 //! - [`app`]: the state shared by handlers and sessions.
-//! - [`server`], [`ws`]: the client listener, the handshake, the session loop, limits.
+//! - [`server`]: the accept loop of both listeners (header timeout and size, connection
+//!   slots and bounds) and the client listener's routes.
+//! - [`ws`]: the handshake, the session loop, writing, remote sends, limits.
 //! - [`auth`]: token lookup and verification, room permissions.
 //! - [`admin`]: health, metrics and the management API.
-//! - [`metrics`]: metric names and registry.
+//! - [`metrics`]: metric names and registry; deliveries counted once per fan-out.
 //! - [`drain`]: the SIGTERM sequence.
 //! - [`error`]: HTTP error bodies.
 //!

@@ -9,6 +9,8 @@ use std::fmt;
 use base64::Engine as _;
 use bytes::Bytes;
 
+use crate::codec::Encoding;
+
 /// One `data` value, in the encoding it arrived in.
 ///
 /// Invariant: `Json` holds exactly one valid JSON value; `MsgPack` holds exactly one MessagePack
@@ -60,6 +62,23 @@ impl Payload {
     pub fn raw_len(&self) -> usize {
         match self {
             Payload::Json(b) | Payload::MsgPack(b) => b.len(),
+        }
+    }
+
+    /// An upper bound of the value's size once written in `encoding`, found without writing
+    /// it: a publish need not encode for an encoding no recipient uses just to learn that it
+    /// fits in `limits.max_message_bytes`.
+    pub fn size_bound(&self, encoding: Encoding) -> usize {
+        match (self, encoding) {
+            (Payload::Json(b), Encoding::Json) | (Payload::MsgPack(b), Encoding::MsgPack) => {
+                b.len()
+            }
+            // JSON to MessagePack: the worst growth is a number as short as `-0` or `1.5`
+            // becoming a 9-byte float; strings, containers and literals shrink or grow less.
+            (Payload::Json(b), Encoding::MsgPack) => 3 * b.len() + 8,
+            // MessagePack to JSON: the worst growth is a control character in a string, one
+            // byte becoming a 6-byte `\u00XX` escape (`bin` grows by 4/3 as base64, `nil` by 4).
+            (Payload::MsgPack(b), Encoding::Json) => 6 * b.len() + 8,
         }
     }
 

@@ -226,6 +226,26 @@ proptest! {
         prop_assert_eq!(data.to_json_value().unwrap(), v);
     }
 
+    /// The size bound a publish checks instead of encoding holds for every frame and payload.
+    #[test]
+    fn size_bounds_bound_the_encoded_size(
+        (enc, frame) in server_frame_any(),
+        jv in json_value(),
+        mp in payload(Encoding::MsgPack),
+        room in room(),
+        from in prop::option::of(conn()),
+    ) {
+        for e in [Encoding::Json, Encoding::MsgPack] {
+            prop_assert!(frame.encode(e).unwrap().len() <= frame.size_bound(e), "{:?} {:?}", frame, e);
+            for data in [Payload::from_json_value(&jv), mp.clone()] {
+                let m = ServerFrame::Message { room: room.clone(), data, from: from.clone(), offset: None, epoch: None };
+                let len = m.encode(e).unwrap().len();
+                prop_assert!(len <= m.size_bound(e), "{} > {} for {:?} in {:?}", len, m.size_bound(e), m, e);
+            }
+        }
+        let _ = enc;
+    }
+
     /// A MessagePack publish reaches JSON members with `bin` as base64 and everything else equal.
     #[test]
     fn msgpack_payload_crosses_to_json(data in payload(Encoding::MsgPack), room in room()) {

@@ -5,9 +5,10 @@
 //! # Layout
 //! - [`outbound`]: direct socket writes with a bounded per-connection queue behind them.
 //! - [`registry`]: connection id → connection handle, on this node.
-//! - [`rooms`]: room membership on this node and local fan-out, encoding once per encoding.
+//! - [`rooms`]: room membership on this node and local fan-out over copy-on-write member
+//!   snapshots, encoding once per encoding, and only the encodings some recipient needs.
 //! - [`bus`]: the [`Bus`](bus::Bus) trait between nodes, with [`LocalBus`](bus::local::LocalBus)
-//!   (in-process) — the Redis implementation plugs in behind the same trait.
+//!   (in-process) and [`RedisBus`](bus::redis::RedisBus) behind it.
 //! - [`router`]: the [`Router`] façade the sessions and the management API call.
 //! - [`error`]: the errors of those calls.
 

@@ -67,11 +67,27 @@ impl<'a> Encodings<'a> {
         }
     }
 
-    /// The largest encoded size over both encodings (the `too_large` rule).
-    pub fn max_len(&mut self) -> Result<usize, PayloadError> {
-        let a = self.get(Encoding::Json)?.message_len;
-        let b = self.get(Encoding::MsgPack)?.message_len;
-        Ok(a.max(b))
+    /// Checks the `too_large` rule (SPEC section 4): encoded for any recipient on any node, in
+    /// either encoding, the frame fits in `max` bytes. An encoding is produced only when its
+    /// size bound does not settle it, so a publish to a room of JSON members encodes no
+    /// MessagePack at all. `Ok(Err(size))`: an encoding `size` bytes long is over `max`.
+    pub fn check_size(&mut self, max: usize) -> Result<Result<(), usize>, PayloadError> {
+        for encoding in [Encoding::Json, Encoding::MsgPack] {
+            let len = match &self.cache[encoding.index()] {
+                Some(Ok(wire)) => wire.message_len,
+                _ if self.frame.size_bound(encoding) <= max => continue,
+                _ => self.get(encoding)?.message_len,
+            };
+            if len > max {
+                return Ok(Err(len));
+            }
+        }
+        Ok(Ok(()))
+    }
+
+    /// Whether `encoding` has been produced (tests: what a publish really encoded).
+    pub fn encoded(&self, encoding: Encoding) -> bool {
+        matches!(self.cache[encoding.index()], Some(Ok(_)))
     }
 }
 
@@ -325,6 +341,29 @@ mod tests {
         );
         let out = fanning.join().unwrap();
         assert_eq!((out.queued, out.written), (1, 1));
+    }
+
+    /// The `too_large` check encodes only what a size bound cannot settle.
+    #[test]
+    fn a_size_check_encodes_only_what_its_bound_cannot_settle() {
+        let message = |data: String| ServerFrame::Message {
+            room: RoomName::parse("r").unwrap(),
+            data: protocol::Payload::Json(Bytes::from(data)),
+            from: None,
+            offset: None,
+            epoch: None,
+        };
+        let small = message("\"hi\"".into());
+        let mut enc = Encodings::new(&small, crate::outbound::unframed);
+        assert_eq!(enc.check_size(1_000).unwrap(), Ok(()));
+        assert!(!enc.encoded(Encoding::Json) && !enc.encoded(Encoding::MsgPack));
+        // Near the limit the MessagePack bound (3 bytes per JSON byte) is too loose: encoded.
+        let near = message(format!("\"{}\"", "x".repeat(800)));
+        let mut enc = Encodings::new(&near, crate::outbound::unframed);
+        assert_eq!(enc.check_size(1_000).unwrap(), Ok(()));
+        assert!(enc.encoded(Encoding::MsgPack) && !enc.encoded(Encoding::Json));
+        let mut enc = Encodings::new(&near, crate::outbound::unframed);
+        assert!(matches!(enc.check_size(500).unwrap(), Err(size) if size > 800));
     }
 
     /// A fan-out after a join reaches the new member; after a leave, no longer.

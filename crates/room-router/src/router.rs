@@ -230,6 +230,15 @@ impl BusSink for LocalNode {
     }
 }
 
+/// The `too_large` rule for a frame any node may deliver in either encoding.
+fn check_size(encodings: &mut Encodings<'_>, limit: usize) -> Result<(), RouterError> {
+    match encodings.check_size(limit) {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(size)) => Err(RouterError::TooLarge { size, limit }),
+        Err(e) => Err(RouterError::Unencodable(e.to_string())),
+    }
+}
+
 /// Routes messages between this node's connections and the cluster.
 pub struct Router {
     local: Arc<LocalNode>,
@@ -358,15 +367,7 @@ impl Router {
         };
         let mut encodings = Encodings::new(&frame, self.options.framer);
         // Any node may hold a member of either encoding, so both must fit.
-        let size = encodings
-            .max_len()
-            .map_err(|e| RouterError::Unencodable(e.to_string()))?;
-        if size > self.options.max_message_bytes {
-            return Err(RouterError::TooLarge {
-                size,
-                limit: self.options.max_message_bytes,
-            });
-        }
+        check_size(&mut encodings, self.options.max_message_bytes)?;
         let exclude = if exclude_self { from } else { None };
         let local_deliveries = self.local.fanout(room, &mut encodings, exclude, since);
         let ServerFrame::Message { data, from, .. } = frame else {
@@ -405,12 +406,7 @@ impl Router {
         if let Some(conn) = self.local.registry.get(to.as_str()) {
             return Ok(self.local.push_direct(&conn, &frame, max)?);
         }
-        let size = Encodings::new(&frame, self.options.framer)
-            .max_len()
-            .map_err(|e| RouterError::Unencodable(e.to_string()))?;
-        if size > max {
-            return Err(RouterError::TooLarge { size, limit: max }.into());
-        }
+        check_size(&mut Encodings::new(&frame, self.options.framer), max)?;
         let ServerFrame::Direct { from, data } = frame else {
             unreachable!("built as a direct frame above")
         };

@@ -11,7 +11,38 @@ use crate::id::{ConnectionId, NodeId};
 use crate::payload::PayloadError;
 use crate::room::RoomName;
 
+/// Bytes a `message` or `direct` frame adds to its payload and variable fields, at most, in
+/// either encoding: the keys, the type, quotes, separators, an offset.
+const FRAME_OVERHEAD: usize = 96;
+
 impl ServerFrame {
+    /// An upper bound of the frame's size once encoded in `encoding`, without encoding it
+    /// (see [`Payload::size_bound`]); `usize::MAX` for frames that have no cheap bound.
+    pub fn size_bound(&self, encoding: Encoding) -> usize {
+        let text = |s: &str| s.len() * 6 + 2;
+        match self {
+            ServerFrame::Message {
+                room,
+                data,
+                from,
+                epoch,
+                ..
+            } => {
+                FRAME_OVERHEAD
+                    + room.as_str().len()
+                    + from.as_ref().map_or(0, |f| text(f.as_str()))
+                    + epoch.as_deref().map_or(0, text)
+                    + data.size_bound(encoding)
+            }
+            ServerFrame::Direct { from, data } => {
+                FRAME_OVERHEAD
+                    + from.as_ref().map_or(0, |f| text(f.as_str()))
+                    + data.size_bound(encoding)
+            }
+            _ => usize::MAX,
+        }
+    }
+
     /// Encodes the frame. Fails only when a payload from another node is malformed.
     pub fn encode(&self, encoding: Encoding) -> Result<EncodedFrame, PayloadError> {
         let mut w;
