@@ -1,7 +1,13 @@
-//! Errors of router calls. Each maps to one wire error code in the node.
+//! Errors of router and bus calls. Each keeps its cause; the node maps each to one wire error
+//! code and one admin status (`gateway-node`'s `error` module), and logs the causes of its own
+//! failures rather than showing them to clients.
+
+use std::sync::Arc;
+
+use protocol::payload::PayloadError;
 
 /// A failed join or publish.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum RouterError {
     /// Over `limits.rooms_per_connection`.
     #[error("a connection may be in at most {0} rooms")]
@@ -15,12 +21,12 @@ pub enum RouterError {
         limit: usize,
     },
     /// The payload could not be encoded (it is not what its encoding claims).
-    #[error("message cannot be encoded: {0}")]
-    Unencodable(String),
+    #[error("message cannot be encoded")]
+    Unencodable(#[source] Arc<PayloadError>),
 }
 
 /// A failed `send`, `@connections` post or disconnect.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum SendError {
     /// No node holds the connection.
     #[error("connection {0} does not exist")]
@@ -29,12 +35,12 @@ pub enum SendError {
     #[error(transparent)]
     Router(#[from] RouterError),
     /// The cluster bus could not be asked (Redis down).
-    #[error("cluster unavailable: {0}")]
+    #[error("cluster unavailable")]
     Unavailable(#[from] BusError),
 }
 
 /// The cluster bus failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum BusError {
     /// Not connected to the cluster right now.
     #[error("the cluster bus is not connected")]
@@ -42,7 +48,16 @@ pub enum BusError {
     /// The bus's bounded outgoing queue is full; the message was dropped.
     #[error("the cluster bus is overloaded")]
     Overloaded,
-    /// The backend answered with an error.
-    #[error("cluster backend error: {0}")]
-    Backend(String),
+    /// The backend failed at something: what, and its own error.
+    #[error("{doing}")]
+    Backend {
+        /// What the bus was doing ("connecting to redis").
+        doing: &'static str,
+        /// The backend's error.
+        #[source]
+        source: Arc<dyn std::error::Error + Send + Sync>,
+    },
+    /// A setting the bus cannot use; the message names it.
+    #[error("{0}")]
+    Config(String),
 }

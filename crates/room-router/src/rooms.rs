@@ -145,6 +145,45 @@ impl Members {
     }
 }
 
+/// Members from which a fan-out tells the runtime that it blocks its thread.
+const LARGE_ROOM: usize = 1_024;
+
+/// Whether the current thread is a worker of a multi-threaded tokio runtime (where
+/// `block_in_place` may hand its other tasks to another worker).
+fn in_multi_thread_runtime() -> bool {
+    tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
+}
+
+/// Writes or queues `frame` for every member of `list` except `exclude`.
+fn write_all(
+    list: &[Arc<ConnHandle>],
+    frame: &mut Encodings<'_>,
+    exclude: Option<&ConnHandle>,
+    since: Instant,
+) -> Fanout {
+    let mut out = Fanout::default();
+    // Compared by address: no id to load for every member.
+    let exclude = exclude.map(|c| c as *const ConnHandle);
+    for conn in list {
+        if exclude == Some(Arc::as_ptr(conn)) {
+            continue;
+        }
+        let Ok(wire) = frame.get(conn.encoding) else {
+            continue;
+        };
+        match conn.outbound.push(&wire.bytes, Some(since)) {
+            Ok(pushed) => {
+                out.queued += 1;
+                out.written += usize::from(pushed == Pushed::Written);
+            }
+            Err(PushError::Full) => out.slow_consumers += 1,
+            Err(PushError::Closed) => {}
+        }
+    }
+    out
+}
+
 /// The key of a member: the address of its handle, stable for as long as it lives.
 fn key(conn: &ConnHandle) -> usize {
     std::ptr::from_ref(conn) as usize
@@ -212,26 +251,13 @@ impl Rooms {
             return Fanout::default();
         };
         let list = members.current();
-        let mut out = Fanout::default();
-        // Compared by address: no id to load for every member.
-        let exclude = exclude.map(|c| c as *const ConnHandle);
-        for conn in list.iter() {
-            if exclude == Some(Arc::as_ptr(conn)) {
-                continue;
-            }
-            let Ok(wire) = frame.get(conn.encoding) else {
-                continue;
-            };
-            match conn.outbound.push(&wire.bytes, Some(since)) {
-                Ok(pushed) => {
-                    out.queued += 1;
-                    out.written += usize::from(pushed == Pushed::Written);
-                }
-                Err(PushError::Full) => out.slow_consumers += 1,
-                Err(PushError::Closed) => {}
-            }
+        if list.len() >= LARGE_ROOM && in_multi_thread_runtime() {
+            // Tens of milliseconds of socket writes: tell the runtime this thread is busy, so
+            // that it hands the thread's other tasks to another worker instead of leaving them
+            // (a task woken into this thread's LIFO slot, say) waiting for the whole fan-out.
+            return tokio::task::block_in_place(|| write_all(&list, frame, exclude, since));
         }
-        out
+        write_all(&list, frame, exclude, since)
     }
 
     /// Ids of the local members.

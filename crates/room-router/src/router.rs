@@ -123,7 +123,7 @@ impl LocalNode {
     ) -> Result<(), RouterError> {
         let encoded = frame
             .encode(conn.encoding)
-            .map_err(|e| RouterError::Unencodable(e.to_string()))?;
+            .map_err(|e| RouterError::Unencodable(Arc::new(e)))?;
         if encoded.len() > max {
             return Err(RouterError::TooLarge {
                 size: encoded.len(),
@@ -235,7 +235,7 @@ fn check_size(encodings: &mut Encodings<'_>, limit: usize) -> Result<(), RouterE
     match encodings.check_size(limit) {
         Ok(Ok(())) => Ok(()),
         Ok(Err(size)) => Err(RouterError::TooLarge { size, limit }),
-        Err(e) => Err(RouterError::Unencodable(e.to_string())),
+        Err(e) => Err(RouterError::Unencodable(Arc::new(e))),
     }
 }
 

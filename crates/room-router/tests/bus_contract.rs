@@ -223,10 +223,10 @@ fn limits_hold(cluster: Vec<Arc<Router>>) {
         cluster[0].join(&a, &room(&format!("r{i}"))).unwrap();
     }
     cluster[0].join(&a, &room("r0")).unwrap();
-    assert_eq!(
+    assert!(matches!(
         cluster[0].join(&a, &room("r3")),
         Err(RouterError::RoomLimit(3))
-    );
+    ));
     let big = Payload::Json(Bytes::from(format!("\"{}\"", "x".repeat(300))));
     assert!(matches!(
         cluster[0].publish(&room("r0"), big, None, false),

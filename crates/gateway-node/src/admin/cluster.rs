@@ -11,11 +11,7 @@ use crate::error::ApiError;
 
 /// `GET /cluster`.
 pub async fn cluster(State(app): State<Arc<App>>) -> Result<Json<serde_json::Value>, ApiError> {
-    let nodes = app
-        .router
-        .nodes()
-        .await
-        .map_err(|e| ApiError::unavailable(e.to_string()))?;
+    let nodes = app.router.nodes().await.map_err(ApiError::from)?;
     let total: usize = nodes.iter().map(|n| n.connections).sum();
     let nodes: Vec<_> = nodes
         .iter()

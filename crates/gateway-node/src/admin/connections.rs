@@ -7,25 +7,11 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use protocol::{CloseCode, ConnectionId, ErrorCode, Payload};
-use room_router::{RouterError, SendError};
+use protocol::{CloseCode, ConnectionId, Payload};
 
 use super::{read_body, rfc3339};
 use crate::app::App;
 use crate::error::ApiError;
-
-fn send_error(e: SendError) -> ApiError {
-    match e {
-        SendError::NotFound(_) => ApiError::gone("connection is gone"),
-        SendError::Router(RouterError::TooLarge { .. }) => ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            ErrorCode::TooLarge,
-            e.to_string(),
-        ),
-        SendError::Router(e) => ApiError::bad_request(e.to_string()),
-        SendError::Unavailable(e) => ApiError::unavailable(e.to_string()),
-    }
-}
 
 /// A JSON value's exact text, validated.
 pub(super) fn json_payload(body: &[u8]) -> Result<Payload, ApiError> {
@@ -47,7 +33,7 @@ pub async fn post(
     app.router
         .send(&ConnectionId::from_string(id), data, None)
         .await
-        .map_err(send_error)?;
+        .map_err(ApiError::from)?;
     Ok(Json(serde_json::json!({})))
 }
 
@@ -60,7 +46,7 @@ pub async fn get(
         .router
         .connection(&ConnectionId::from_string(id))
         .await
-        .map_err(|e| ApiError::unavailable(e.to_string()))?
+        .map_err(ApiError::from)?
         .ok_or_else(|| ApiError::gone("connection is gone"))?;
     Ok(Json(serde_json::json!({
         "connectionId": view.id.as_str(),
@@ -80,6 +66,6 @@ pub async fn delete(
     app.router
         .disconnect(&ConnectionId::from_string(id), CloseCode::DISCONNECTED)
         .await
-        .map_err(send_error)?;
+        .map_err(ApiError::from)?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -6,8 +6,7 @@ use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
-use protocol::{ErrorCode, RoomName};
-use room_router::RouterError;
+use protocol::RoomName;
 use serde::Deserialize;
 
 use super::connections::json_payload;
@@ -41,14 +40,7 @@ pub async fn publish(
     let receipt = app
         .router
         .publish(&room, data, None, false)
-        .map_err(|e| match e {
-            RouterError::TooLarge { .. } => ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                ErrorCode::TooLarge,
-                e.to_string(),
-            ),
-            other => ApiError::bad_request(other.to_string()),
-        })?;
+        .map_err(ApiError::from)?;
     Ok((
         StatusCode::ACCEPTED,
         Json(serde_json::json!({ "offset": receipt.offset })),
@@ -73,7 +65,7 @@ pub async fn get(
         .router
         .room(&room, q.members)
         .await
-        .map_err(|e| ApiError::unavailable(e.to_string()))?;
+        .map_err(ApiError::from)?;
     let mut body = serde_json::json!({ "room": room.as_str(), "members": presence.count });
     if q.members {
         body["connections"] = presence.ids.iter().map(|c| c.as_str()).collect();

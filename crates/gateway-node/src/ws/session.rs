@@ -12,7 +12,7 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use protocol::codec::{decode_client, request_id};
 use protocol::{ClientFrame, CloseCode, ErrorCode, RequestId, ServerFrame};
-use room_router::{ConnHandle, Flush, PushError, RouterError, SendError};
+use room_router::{ConnHandle, Flush, PushError, RouterError};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
@@ -21,6 +21,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use crate::app::App;
 use crate::auth::{room_allowed, Identity};
+use crate::error::Failure;
 use crate::ws::limits::RateLimiter;
 use crate::ws::outbound::{self, flush_all, SessionIo};
 use crate::ws::sends::{Done, Pending, SendQueue};
@@ -445,18 +446,7 @@ impl Session {
     fn on_send_done(&mut self, done: Done) {
         match done.result {
             Ok(()) => self.ack(done.id, None, None),
-            Err(SendError::NotFound(_)) => {
-                self.error(done.id, ErrorCode::NotFound, "no such connection")
-            }
-            Err(SendError::Router(e)) => self.router_error(done.id, e),
-            Err(SendError::Unavailable(e)) => {
-                tracing::warn!(error = %e, "send to another node failed");
-                self.error(
-                    done.id,
-                    ErrorCode::Unavailable,
-                    "the cluster cannot be reached",
-                )
-            }
+            Err(e) => self.failure(done.id, Failure::of_send(&e)),
         }
     }
 
@@ -481,12 +471,11 @@ impl Session {
     }
 
     fn router_error(&mut self, id: Option<RequestId>, e: RouterError) {
-        let code = match e {
-            RouterError::RoomLimit(_) => ErrorCode::RoomLimit,
-            RouterError::TooLarge { .. } => ErrorCode::TooLarge,
-            RouterError::Unencodable(_) => ErrorCode::BadRequest,
-        };
-        self.error(id, code, &e.to_string());
+        self.failure(id, Failure::of_router(&e));
+    }
+
+    fn failure(&mut self, id: Option<RequestId>, f: Failure) {
+        self.error(id, f.code, &f.message);
     }
 
     fn ack(&mut self, id: Option<RequestId>, offset: Option<u64>, recovered: Option<bool>) {

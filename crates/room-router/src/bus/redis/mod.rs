@@ -129,8 +129,12 @@ pub struct RedisBus {
     inner: Arc<Inner>,
 }
 
-fn backend(e: fred::error::Error) -> BusError {
-    BusError::Backend(e.to_string())
+/// A Redis failure while `doing` something, its cause kept.
+fn backend(doing: &'static str) -> impl Fn(fred::error::Error) -> BusError {
+    move |e| BusError::Backend {
+        doing,
+        source: Arc::new(e),
+    }
 }
 
 fn now_ms() -> u64 {
@@ -145,7 +149,7 @@ impl RedisBus {
     /// `connect` fails on the same things; this lets a configuration check say so up front.
     pub fn check(opts: &RedisOptions) -> Result<(), BusError> {
         let target = url::parse(&opts.url, opts.mode)
-            .map_err(|e| BusError::Backend(format!("invalid redis URL: {e}")))?;
+            .map_err(|e| BusError::Config(format!("invalid redis URL: {e}")))?;
         if target.tls {
             tls_connector(opts.ca_file.as_deref())?;
         }
@@ -156,7 +160,7 @@ impl RedisBus {
     /// once connected, losing Redis is survived.
     pub async fn connect(opts: RedisOptions) -> Result<RedisBus, BusError> {
         let target = url::parse(&opts.url, opts.mode)
-            .map_err(|e| BusError::Backend(format!("invalid redis URL: {e}")))?;
+            .map_err(|e| BusError::Config(format!("invalid redis URL: {e}")))?;
         let sharded = target.mode == RedisMode::Cluster;
         let mut config = target.fred_config();
         if target.tls {
@@ -182,16 +186,24 @@ impl RedisBus {
                 // drops and counts (`dropped`).
                 p.broadcast_channel_capacity = 8_192;
             });
-        let client = builder.build().map_err(backend)?;
-        let subscriber = builder.build_subscriber_client().map_err(backend)?;
+        let client = builder
+            .build()
+            .map_err(backend("configuring the redis client"))?;
+        let subscriber = builder
+            .build_subscriber_client()
+            .map_err(backend("configuring the redis subscriber"))?;
         for c in [&client as &dyn ClientLikeInit, &subscriber] {
             match tokio::time::timeout(CONNECT_TIMEOUT, c.start()).await {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(BusError::Backend(format!("connecting to redis: {e}"))),
+                Ok(Err(e)) => return Err(backend("connecting to redis")(e)),
                 Err(_) => {
-                    return Err(BusError::Backend(format!(
-                        "connecting to redis: no answer within {CONNECT_TIMEOUT:?}"
-                    )))
+                    return Err(BusError::Backend {
+                        doing: "connecting to redis",
+                        source: Arc::new(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            format!("no answer within {CONNECT_TIMEOUT:?}"),
+                        )),
+                    })
                 }
             }
         }
@@ -232,7 +244,7 @@ impl RedisBus {
         } else {
             inner.subscriber.subscribe(own).await
         }
-        .map_err(backend)?;
+        .map_err(backend("subscribing to this node's channel"))?;
         let i = inner.clone();
         inner.tasks.spawn(async move { i.run_reader().await });
         for rx in fanout_rxs {
@@ -369,7 +381,7 @@ impl Inner {
         let receivers: i64 = self
             .publish_to(self.keys.node(node.as_str()), envelope.encode())
             .await
-            .map_err(backend)?;
+            .map_err(backend("asking another node"))?;
         if receivers == 0 {
             return Ok(None);
         }
@@ -464,7 +476,7 @@ impl Bus for RedisBus {
                 .client
                 .get(self.inner.keys.conn(to.as_str()))
                 .await
-                .map_err(backend)?;
+                .map_err(backend("reading an affinity record"))?;
             let Some(node) = node else { return Ok(false) };
             if node == self.inner.opts.node.as_str() {
                 // The router looked here first: a record naming this node for a connection
@@ -475,7 +487,7 @@ impl Bus for RedisBus {
                 .inner
                 .publish_to(self.inner.keys.node(&node), envelope.encode())
                 .await
-                .map_err(backend)?;
+                .map_err(backend("publishing to another node"))?;
             Ok(receivers > 0)
         })
     }
@@ -490,7 +502,7 @@ impl Bus for RedisBus {
                 .client
                 .get(self.inner.keys.conn(id.as_str()))
                 .await
-                .map_err(backend)?;
+                .map_err(backend("reading an affinity record"))?;
             let Some(node) = node else { return Ok(None) };
             if node == self.inner.opts.node.as_str() {
                 return Ok(None);

@@ -63,7 +63,7 @@ impl Inner {
             .client
             .zrange(self.keys.nodes(), 0, -1, None, false, None, false)
             .await
-            .map_err(backend)?;
+            .map_err(backend("reading the node registry"))?;
         if members.is_empty() {
             return Ok(Vec::new());
         }
@@ -74,7 +74,10 @@ impl Inner {
             let _: Result<(), _> = pipeline.get(self.keys.nodeinfo(n)).await;
             let _: Result<(), _> = pipeline.pttl(self.keys.nodeinfo(n)).await;
         }
-        let replies: Vec<Value> = pipeline.all().await.map_err(backend)?;
+        let replies: Vec<Value> = pipeline
+            .all()
+            .await
+            .map_err(backend("reading the node registry"))?;
         let now = SystemTime::now();
         let live_ms = self.live_ms();
         let mut live = Vec::with_capacity(members.len());

@@ -13,7 +13,7 @@ pub(super) fn tls_connector(
     use fred::rustls::pki_types::CertificateDer;
     use fred::rustls::{ClientConfig, RootCertStore};
 
-    let bad = |what: String| BusError::Backend(what);
+    let bad = |what: String| BusError::Config(what);
     let mut roots = RootCertStore::empty();
     match ca_file {
         Some(path) => {
