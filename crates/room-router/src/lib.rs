@@ -10,6 +10,8 @@
 //! - [`bus`]: the [`Bus`](bus::Bus) trait between nodes, with [`LocalBus`](bus::local::LocalBus)
 //!   (in-process) and [`RedisBus`](bus::redis::RedisBus) behind it.
 //! - [`router`]: the [`Router`] façade the sessions and the management API call.
+//! - [`views`]: connections, rooms and nodes as the management API shows them (router and bus
+//!   share them, so neither imports the other).
 //! - [`error`]: the errors of those calls.
 
 pub mod bus;
@@ -18,6 +20,7 @@ pub mod outbound;
 pub mod registry;
 pub mod rooms;
 pub mod router;
+pub mod views;
 
 pub use error::{RouterError, SendError};
 pub use outbound::{
@@ -25,4 +28,5 @@ pub use outbound::{
     Queued, Transport,
 };
 pub use registry::{ConnHandle, ConnInfo, SessionKind};
-pub use router::{ConnectionView, NodeView, PublishReceipt, Router, RouterOptions};
+pub use router::{PublishReceipt, Router, RouterOptions};
+pub use views::{ConnectionView, NodeView, RoomPresence};

@@ -70,7 +70,7 @@ impl Bus for SeamBus {
         &'a self,
         room: &'a RoomName,
         with_ids: bool,
-    ) -> BoxFuture<'a, Result<room_router::router::RoomPresence, BusError>> {
+    ) -> BoxFuture<'a, Result<room_router::RoomPresence, BusError>> {
         self.inner.remote_room(room, with_ids)
     }
     fn remote_nodes(&self) -> BoxFuture<'_, Result<Vec<NodeView>, BusError>> {

@@ -13,7 +13,7 @@ use protocol::{ConnectionId, Envelope, NodeId, RoomName};
 
 use super::{BoxFuture, Bus, BusSink};
 use crate::error::BusError;
-use crate::router::{ConnectionView, NodeView, RoomPresence};
+use crate::views::{ConnectionView, NodeView, RoomPresence};
 
 /// The shared state of one in-process cluster.
 #[derive(Clone, Default)]

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use protocol::{ConnectionId, Envelope, RoomName};
 
 use crate::error::BusError;
-use crate::router::{ConnectionView, NodeView, RoomPresence};
+use crate::views::{ConnectionView, NodeView, RoomPresence};
 
 /// Counters of what a bus dropped since the node started.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

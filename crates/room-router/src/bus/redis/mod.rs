@@ -44,7 +44,7 @@ use tokio_util::task::TaskTracker;
 
 use super::{BoxFuture, Bus, BusSink};
 use crate::error::BusError;
-use crate::router::{ConnectionView, NodeView, RoomPresence};
+use crate::views::{ConnectionView, NodeView, RoomPresence};
 
 /// Settings of a [`RedisBus`].
 #[derive(Debug, Clone)]
