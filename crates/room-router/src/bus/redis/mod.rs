@@ -310,6 +310,12 @@ impl RedisBus {
     pub fn dropped(&self) -> u64 {
         self.inner.dropped.load(Ordering::Relaxed)
     }
+
+    /// Queries to other nodes waiting for their reply (each is forgotten when its asker
+    /// gives up, so this never grows with cancelled requests).
+    pub fn pending_queries(&self) -> usize {
+        self.inner.queries.len()
+    }
 }
 
 /// Backoff from 100 ms to 2 s, doubling, with up to 100 ms of jitter per step on the way up so
