@@ -1,6 +1,7 @@
 //! Handshake authentication (SPEC section 3): where the token is found, how it is verified,
 //! and what its claims allow.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
@@ -9,6 +10,7 @@ use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, EncodingKey, Header,
 use protocol::room::{any_matches, RoomPattern};
 
 use crate::config::{AuthConfig, RoomPolicy};
+use crate::jwks::Jwks;
 
 /// 9999-12-31T23:59:59Z: the latest `exp` taken as it is; later ones are clamped to it.
 const MAX_EXP_SECS: u64 = 253_402_300_799;
@@ -48,6 +50,9 @@ pub enum AuthError {
     /// `exp` has passed.
     #[error("token expired")]
     Expired,
+    /// The token names a key the key set does not hold (yet).
+    #[error("invalid token: unknown key {0:?}")]
+    UnknownKid(String),
 }
 
 impl AuthError {
@@ -55,7 +60,7 @@ impl AuthError {
     pub fn reason(&self) -> &'static str {
         match self {
             AuthError::Missing => "missing",
-            AuthError::Invalid(_) => "invalid",
+            AuthError::Invalid(_) | AuthError::UnknownKid(_) => "invalid",
             AuthError::Expired => "expired",
         }
     }
@@ -67,6 +72,8 @@ pub struct Authenticator {
     algorithms: Vec<Algorithm>,
     /// One key per algorithm family (a token's `alg` picks the family).
     keys: Vec<(AlgorithmFamily, DecodingKey)>,
+    /// Keys by `kid` from `auth.jwks_file` or `auth.jwks_url`, once loaded.
+    jwks: Option<Arc<Jwks>>,
 }
 
 fn parse_alg(name: &str) -> anyhow::Result<Algorithm> {
@@ -82,9 +89,7 @@ impl Authenticator {
             .iter()
             .map(|a| parse_alg(a))
             .collect::<anyhow::Result<Vec<_>>>()?;
-        if !config.jwks_file.is_empty() || !config.jwks_url.is_empty() {
-            bail!("auth.jwks_file and auth.jwks_url are not supported by this version yet");
-        }
+        Jwks::check(&config.jwks_file, &config.jwks_url)?;
         let mut keys: Vec<(AlgorithmFamily, DecodingKey)> = Vec::new();
         if !config.jwt_secret.is_empty() {
             keys.push((
@@ -123,7 +128,31 @@ impl Authenticator {
             config: config.clone(),
             algorithms,
             keys,
+            jwks: None,
         })
+    }
+
+    /// Whether `[auth]` names a key set, which [`Authenticator::with_jwks`] must then supply.
+    pub fn wants_jwks(&self) -> bool {
+        !self.config.jwks_file.is_empty() || !self.config.jwks_url.is_empty()
+    }
+
+    /// Adds the loaded key set.
+    pub fn with_jwks(mut self, jwks: Arc<Jwks>) -> Authenticator {
+        self.jwks = Some(jwks);
+        self
+    }
+
+    /// Verifies a token; when it names a `kid` the key set does not hold, refreshes the set
+    /// (rate-limited, see [`Jwks::refresh_for_unknown_kid`]) and tries once more, so tokens
+    /// signed with a freshly rotated key are accepted at once.
+    pub async fn verify_fresh(&self, token: &str) -> Result<Identity, AuthError> {
+        match (self.verify(token), &self.jwks) {
+            (Err(AuthError::UnknownKid(_)), Some(jwks)) if jwks.refresh_for_unknown_kid().await => {
+                self.verify(token)
+            }
+            (result, _) => result,
+        }
     }
 
     /// The auth configuration in force.
@@ -177,12 +206,34 @@ impl Authenticator {
                 header.alg
             )));
         }
-        let key = self
+        let configured = self
             .keys
             .iter()
             .find(|(f, _)| *f == header.alg.family())
-            .map(|(_, k)| k)
-            .ok_or_else(|| AuthError::Invalid(format!("no key for {:?}", header.alg)))?;
+            .map(|(_, k)| k);
+        let from_set = self
+            .jwks
+            .as_ref()
+            .and_then(|j| j.key(header.kid.as_deref()));
+        let key = match (&from_set, configured) {
+            (Some(k), _) => {
+                // A key the set pins to one algorithm verifies only that one.
+                if k.alg.is_some_and(|alg| alg != header.alg) {
+                    return Err(AuthError::Invalid(format!(
+                        "key {:?} is not for {:?}",
+                        header.kid, header.alg
+                    )));
+                }
+                &k.key
+            }
+            (None, Some(k)) => k,
+            (None, None) => {
+                return Err(match (&self.jwks, header.kid) {
+                    (Some(_), Some(kid)) => AuthError::UnknownKid(kid),
+                    _ => AuthError::Invalid(format!("no key for {:?}", header.alg)),
+                })
+            }
+        };
         let mut validation = Validation::new(header.alg);
         validation.algorithms = vec![header.alg];
         validation.leeway = self.config.leeway.as_secs();

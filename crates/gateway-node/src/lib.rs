@@ -6,7 +6,7 @@
 //! - [`server`]: the accept loop of both listeners (header timeout and size, connection
 //!   slots and bounds) and the client listener's routes.
 //! - [`ws`]: the handshake, the session loop, writing, remote sends, limits.
-//! - [`auth`]: token lookup and verification, room permissions.
+//! - [`auth`]: token lookup and verification, room permissions; [`jwks`]: key sets by `kid`.
 //! - [`admin`]: health, metrics and the management API.
 //! - [`metrics`]: metric names and registry; deliveries counted once per fan-out.
 //! - [`drain`]: the SIGTERM sequence.
@@ -22,6 +22,7 @@ pub mod cli;
 pub mod config;
 pub mod drain;
 pub mod error;
+pub mod jwks;
 pub mod metrics;
 pub mod server;
 pub mod telemetry;
@@ -134,7 +135,22 @@ pub async fn run(
     listeners: Listeners,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let auth = preflight(&config)?.map(Arc::new);
+    let stop_background = CancellationToken::new();
+    let background = TaskTracker::new();
+    let auth = match preflight(&config)? {
+        Some(auth) if auth.wants_jwks() => {
+            let a = config
+                .auth
+                .as_ref()
+                .expect("an authenticator comes from [auth]");
+            let jwks = jwks::Jwks::load(&a.jwks_file, &a.jwks_url, a.jwks_refresh)
+                .await
+                .context("loading the [auth] key set")?;
+            background.spawn(jwks.clone().run(stop_background.clone()));
+            Some(Arc::new(auth.with_jwks(jwks)))
+        }
+        other => other.map(Arc::new),
+    };
     let node = node_id(&config);
     let bus: Arc<dyn Bus> = if config.embedded() {
         Arc::new(LocalBus::standalone(node.clone()))
@@ -213,6 +229,9 @@ pub async fn run(
     stop_servers.cancel();
     servers.close();
     servers.wait().await;
+    stop_background.cancel();
+    background.close();
+    background.wait().await;
     if failed.is_cancelled() {
         bail!("a listener failed");
     }

@@ -159,7 +159,7 @@ pub async fn upgrade(
             let token = auth.find_token(headers, req.uri().query());
             let verified = match token {
                 None => Err(crate::auth::AuthError::Missing),
-                Some(t) => auth.verify(&t),
+                Some(t) => auth.verify_fresh(&t).await,
             };
             match verified {
                 Ok(identity) => Some(identity),

@@ -428,7 +428,7 @@ impl Session {
                     }
                 }
             }
-            ClientFrame::Refresh { id, token } => return self.refresh(id, &token),
+            ClientFrame::Refresh { id, token } => return self.refresh(id, &token).await,
             ClientFrame::Ping { id } => self.reply(&ServerFrame::Pong { id }),
             ClientFrame::Routed(r) => {
                 let action = r.action.unwrap_or_default();
@@ -450,7 +450,7 @@ impl Session {
         }
     }
 
-    fn refresh(&mut self, id: Option<RequestId>, token: &str) -> Option<End> {
+    async fn refresh(&mut self, id: Option<RequestId>, token: &str) -> Option<End> {
         let Some(auth) = self.app.auth.clone() else {
             self.error(
                 id,
@@ -459,7 +459,7 @@ impl Session {
             );
             return None;
         };
-        match auth.verify(token) {
+        match auth.verify_fresh(token).await {
             Ok(new) if new.sub == self.identity.as_ref().and_then(|i| i.sub.clone()) => {
                 self.token_deadline = Some(instant_of(auth.expiry(&new)));
                 self.identity = Some(new);
