@@ -13,6 +13,43 @@ const REREGISTER_JITTER_MS: u64 = 250;
 /// second from one node.
 const REREGISTER_GAP: Duration = Duration::from_millis(20);
 
+/// What the affinity task has to do, and its wake-up.
+#[derive(Default)]
+pub(super) struct Affinity {
+    work: Mutex<AffinityWork>,
+    notify: Notify,
+}
+
+impl Affinity {
+    /// A connection opened: the receiver resolves once its record is written.
+    pub(super) fn opened(&self, id: &ConnectionId) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        self.work.lock().opened.push((id.clone(), tx));
+        self.notify.notify_one();
+        rx
+    }
+
+    /// A connection closed: its record is to be deleted.
+    pub(super) fn closed(&self, id: &ConnectionId) {
+        self.work
+            .lock()
+            .closed
+            .push((id.clone(), tokio::time::Instant::now()));
+        self.notify.notify_one();
+    }
+
+    /// Redis came back (maybe empty): every record is to be written again.
+    pub(super) fn refresh_all(&self) {
+        self.work.lock().refresh_all = true;
+        self.notify.notify_one();
+    }
+
+    /// Everything waiting (shutdown writes what it can itself).
+    pub(super) fn take(&self) -> AffinityWork {
+        std::mem::take(&mut *self.work.lock())
+    }
+}
+
 #[derive(Default)]
 pub(super) struct AffinityWork {
     pub(super) opened: Vec<(ConnectionId, oneshot::Sender<()>)>,
@@ -31,10 +68,10 @@ impl Inner {
         loop {
             let periodic = tokio::select! {
                 () = self.cancel.cancelled() => return,
-                () = self.affinity_notify.notified() => false,
+                () = self.affinity.notify.notified() => false,
                 _ = refresh.tick() => true,
             };
-            let work = std::mem::take(&mut *self.affinity.lock());
+            let work = self.affinity.take();
             let all = periodic || work.refresh_all;
             let node = self.opts.node.as_str();
             let ex = Some(Expiration::EX(ttl.as_secs().max(1) as i64));
@@ -57,7 +94,7 @@ impl Inner {
                         .into_iter()
                         .filter(|(_, at)| at.elapsed() < ttl)
                         .collect();
-                    self.affinity.lock().closed.extend(live);
+                    self.affinity.work.lock().closed.extend(live);
                 }
             }
             for (_, done) in work.opened {

@@ -13,13 +13,18 @@
 //!   refreshed in pipelined batches, deleted on close.
 //! - **Redis down**: local delivery goes on; publishes to other nodes are dropped and counted
 //!   (at most once); the client reconnects with backoff and jitter, resubscribes every room, and
-//!   re-registers every local connection at once.
+//!   re-registers every local connection, paced.
 //!
 //! # Layout
-//! [`url`] (URL forms), `keys` (names), `tls`, `reader` (incoming envelopes and queries, room
-//! deliveries handed to one fan-out worker per CPU by room, so rooms do not queue behind each
-//! other),
-//! `pubsub` (publishing and room subscriptions), `affinity`, `nodes` (registry).
+//! Each part owns its state; this file wires them and implements [`Bus`].
+//! - [`url`] (URL forms), `keys` (names), `tls`.
+//! - `publisher`: the bounded publish queue and its pipelining task.
+//! - `subscriptions`: room subscriptions following the room table.
+//! - `affinity`: connection records, written, refreshed, deleted, re-registered.
+//! - `registry`: node heartbeats and liveness.
+//! - `queries`: asking other nodes, and the bound on answering them.
+//! - `reader`: incoming envelopes; room deliveries handed to one fan-out worker per CPU by
+//!   room, so rooms do not queue behind each other.
 //!
 //! In Redis Cluster mode every channel is a shard channel (SSUBSCRIBE/SPUBLISH): a room's
 //! messages travel through the shard that owns the room's hash slot only, so rooms spread
@@ -67,33 +72,27 @@ pub struct RedisOptions {
 
 mod affinity;
 mod keys;
-mod nodes;
-mod pubsub;
+mod publisher;
+mod queries;
 mod reader;
+mod registry;
+mod subscriptions;
 mod tls;
 pub mod url;
 
 pub use url::RedisMode;
 
-use affinity::{AffinityWork, AFFINITY_BATCH};
+use affinity::{Affinity, AFFINITY_BATCH};
 use keys::Keys;
-use pubsub::Subscriptions;
+use publisher::Publisher;
+use queries::Queries;
 use reader::info_to_view;
+use subscriptions::Subscriptions;
 use tls::tls_connector;
 
-/// Room envelopes waiting to be published: bounded in count and in bytes, so a slow Redis
-/// drops instead of growing (16,384 messages of 128 KiB would otherwise be 2 GiB).
-const PUBLISH_QUEUE: usize = 16_384;
 /// Room envelopes from other nodes waiting for one fan-out worker: a worker this far behind
 /// drops (counted in `dropped`) rather than holding the reader up.
 const FANOUT_QUEUE: usize = 4_096;
-/// Bytes of envelopes waiting to be published or being published, at most.
-const PUBLISH_QUEUE_BYTES: usize = 32 << 20;
-/// Replies to other nodes' queries sent at once; past that, a query goes unanswered and its
-/// asker times out, rather than tasks piling up behind a slow Redis.
-const REPLIES_IN_FLIGHT: usize = 256;
-/// How long a query to another node may take.
-const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long the first connection may take before start-up fails.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -105,19 +104,12 @@ struct Inner {
     client: Client,
     subscriber: SubscriberClient,
     sink: OnceLock<Arc<dyn BusSink>>,
-    publish_tx: mpsc::Sender<(String, Bytes)>,
-    /// Bytes queued in `publish_tx` or being sent ([`PUBLISH_QUEUE_BYTES`]).
-    publish_queued_bytes: AtomicUsize,
-    subs: Mutex<Subscriptions>,
-    subs_notify: Notify,
-    affinity: Mutex<AffinityWork>,
-    affinity_notify: Notify,
-    queries: DashMap<u64, oneshot::Sender<Reply>>,
+    publisher: Publisher,
+    subscriptions: Subscriptions,
+    affinity: Affinity,
+    queries: Queries,
     /// Room envelopes from other nodes, by room, to the workers that fan them out.
     fanout_workers: Vec<mpsc::Sender<Envelope>>,
-    /// Replies to other nodes' queries being sent ([`REPLIES_IN_FLIGHT`] at most).
-    reply_permits: Arc<tokio::sync::Semaphore>,
-    next_query: AtomicU64,
     malformed: AtomicU64,
     dropped: AtomicU64,
     cancel: CancellationToken,
@@ -207,7 +199,7 @@ impl RedisBus {
                 }
             }
         }
-        let (publish_tx, publish_rx) = mpsc::channel(PUBLISH_QUEUE);
+        let (publisher, publish_rx) = Publisher::new();
         let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
         let (fanout_workers, fanout_rxs): (Vec<_>, Vec<_>) =
             (0..workers).map(|_| mpsc::channel(FANOUT_QUEUE)).unzip();
@@ -220,16 +212,11 @@ impl RedisBus {
             client,
             subscriber,
             sink: OnceLock::new(),
-            publish_tx,
-            publish_queued_bytes: AtomicUsize::new(0),
-            subs: Mutex::new(Subscriptions::default()),
-            subs_notify: Notify::new(),
-            affinity: Mutex::new(AffinityWork::default()),
-            affinity_notify: Notify::new(),
-            queries: DashMap::new(),
+            publisher,
+            subscriptions: Subscriptions::default(),
+            affinity: Affinity::default(),
+            queries: Queries::default(),
             fanout_workers,
-            reply_permits: Arc::new(tokio::sync::Semaphore::new(REPLIES_IN_FLIGHT)),
-            next_query: AtomicU64::new(1),
             malformed: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             cancel: CancellationToken::new(),
@@ -293,8 +280,7 @@ impl RedisBus {
         drop(inner.client.on_reconnect(move |_| {
             let i = i.clone();
             async move {
-                i.affinity.lock().refresh_all = true;
-                i.affinity_notify.notify_one();
+                i.affinity.refresh_all();
                 Ok(())
             }
         }));
@@ -365,47 +351,6 @@ impl Inner {
     fn up(&self) -> bool {
         self.client.is_connected() && self.subscriber.is_connected()
     }
-
-    async fn query(&self, node: &NodeId, query: Query) -> Result<Option<Reply>, BusError> {
-        let id = self.next_query.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        self.queries.insert(id, tx);
-        // Removed however this ends, a cancelled request (a client gone) included.
-        let _pending = PendingQuery {
-            queries: &self.queries,
-            id,
-        };
-        let envelope = Envelope {
-            origin: self.opts.node.clone(),
-            body: EnvelopeBody::Query {
-                id,
-                reply_to: self.opts.node.clone(),
-                query,
-            },
-            traceparent: None,
-        };
-        let receivers: i64 = self
-            .publish_to(self.keys.node(node.as_str()), envelope.encode())
-            .await
-            .map_err(backend("asking another node"))?;
-        if receivers == 0 {
-            return Ok(None);
-        }
-        let reply = tokio::time::timeout(QUERY_TIMEOUT, rx).await;
-        Ok(reply.ok().and_then(Result::ok))
-    }
-}
-
-/// A query waiting for its reply; dropping it forgets the query.
-struct PendingQuery<'a> {
-    queries: &'a DashMap<u64, oneshot::Sender<Reply>>,
-    id: u64,
-}
-
-impl Drop for PendingQuery<'_> {
-    fn drop(&mut self) {
-        self.queries.remove(&self.id);
-    }
 }
 
 impl Bus for RedisBus {
@@ -414,8 +359,7 @@ impl Bus for RedisBus {
     }
 
     fn interest_changed(&self, room: &RoomName) {
-        self.inner.subs.lock().dirty.insert(room.clone());
-        self.inner.subs_notify.notify_one();
+        self.inner.subscriptions.mark(room);
     }
 
     fn publish(&self, envelope: Envelope) -> Result<(), BusError> {
@@ -423,28 +367,16 @@ impl Bus for RedisBus {
             return Ok(());
         };
         let channel = self.inner.keys.room(room.as_str());
-        let bytes = Bytes::from(envelope.encode());
-        let len = bytes.len();
-        let overloaded = || {
+        if self
+            .inner
+            .publisher
+            .enqueue(channel, Bytes::from(envelope.encode()))
+        {
+            Ok(())
+        } else {
             self.inner.dropped.fetch_add(1, Ordering::Relaxed);
-            BusError::Overloaded
-        };
-        // Reserve the bytes only if they fit: a refused envelope never counts against others.
-        self.inner
-            .publish_queued_bytes
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |q| {
-                (q + len <= PUBLISH_QUEUE_BYTES).then_some(q + len)
-            })
-            .map_err(|_| overloaded())?;
-        self.inner
-            .publish_tx
-            .try_send((channel, bytes))
-            .map_err(|_| {
-                self.inner
-                    .publish_queued_bytes
-                    .fetch_sub(len, Ordering::Relaxed);
-                overloaded()
-            })
+            Err(BusError::Overloaded)
+        }
     }
 
     fn connection_opened<'a>(&'a self, id: &'a ConnectionId) -> BoxFuture<'a, ()> {
@@ -455,20 +387,13 @@ impl Bus for RedisBus {
                 // Written by the re-registration when Redis is back.
                 return;
             }
-            let (tx, rx) = oneshot::channel();
-            self.inner.affinity.lock().opened.push((id.clone(), tx));
-            self.inner.affinity_notify.notify_one();
-            let _ = tokio::time::timeout(Duration::from_secs(2), rx).await;
+            let written = self.inner.affinity.opened(id);
+            let _ = tokio::time::timeout(Duration::from_secs(2), written).await;
         })
     }
 
     fn connection_closed(&self, id: &ConnectionId) {
-        self.inner
-            .affinity
-            .lock()
-            .closed
-            .push((id.clone(), tokio::time::Instant::now()));
-        self.inner.affinity_notify.notify_one();
+        self.inner.affinity.closed(id);
     }
 
     fn route_to_connection<'a>(
@@ -584,7 +509,7 @@ impl Bus for RedisBus {
             // Every record this node wrote: connections still open, and closes the stopped
             // affinity task had not sent yet. One DEL per key, pipelined (keys of a Redis
             // Cluster live on different shards).
-            let work = std::mem::take(&mut *inner.affinity.lock());
+            let work = inner.affinity.take();
             let mut ids: Vec<ConnectionId> = work.closed.into_iter().map(|(id, _)| id).collect();
             ids.extend(work.opened.into_iter().map(|(id, _)| id));
             if let Some(sink) = inner.sink() {

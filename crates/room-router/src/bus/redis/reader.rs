@@ -112,7 +112,7 @@ impl Inner {
                 let channel = self.keys.node(reply_to.as_str());
                 // Not awaited here: room deliveries behind this query must not wait for the
                 // reply's round trip.
-                let Ok(permit) = self.reply_permits.clone().try_acquire_owned() else {
+                let Ok(permit) = self.queries.reply_permits.clone().try_acquire_owned() else {
                     tracing::debug!("too many query replies in flight: one left unanswered");
                     return;
                 };
@@ -123,9 +123,7 @@ impl Inner {
                 });
             }
             EnvelopeBody::Reply { id, reply } => {
-                if let Some((_, tx)) = self.queries.remove(&id) {
-                    let _ = tx.send(reply);
-                }
+                self.queries.answer(id, reply);
             }
             EnvelopeBody::Room { ref room, .. } => {
                 // Fanned out by the room's worker: a 20,000-member room does not hold up

@@ -1,5 +1,4 @@
-//! Publishing room envelopes (bounded queue, pipelined) and keeping the room subscriptions
-//! in step with local membership (batched).
+//! Keeping the room subscriptions in step with local membership, in batches.
 
 use super::*;
 
@@ -7,49 +6,23 @@ use super::*;
 /// from the room table at sync time, never from these marks: a mark only says "look again".
 #[derive(Default)]
 pub(super) struct Subscriptions {
-    pub(super) dirty: HashSet<RoomName>,
+    dirty: Mutex<HashSet<RoomName>>,
+    notify: Notify,
+}
+
+impl Subscriptions {
+    /// Asks the sync task to look at `room` again.
+    pub(super) fn mark(&self, room: &RoomName) {
+        self.dirty.lock().insert(room.clone());
+        self.notify.notify_one();
+    }
+
+    fn take(&self) -> HashSet<RoomName> {
+        std::mem::take(&mut *self.dirty.lock())
+    }
 }
 
 impl Inner {
-    pub(super) async fn run_publisher(self: Arc<Self>, mut rx: mpsc::Receiver<(String, Bytes)>) {
-        let mut batch = Vec::with_capacity(256);
-        loop {
-            let n = tokio::select! {
-                () = self.cancel.cancelled() => return,
-                n = rx.recv_many(&mut batch, 256) => n,
-            };
-            if n == 0 {
-                return;
-            }
-            // Released once the batch is sent or dropped, so that a batch stuck on a slow
-            // Redis still counts against the bound.
-            let bytes: usize = batch.iter().map(|(_, b)| b.len()).sum();
-            if !self.up() {
-                self.dropped.fetch_add(n as u64, Ordering::Relaxed);
-                batch.clear();
-                self.publish_queued_bytes
-                    .fetch_sub(bytes, Ordering::Relaxed);
-                continue;
-            }
-            // One pipeline per batch: one round trip however many publishes are waiting,
-            // and in order, on one connection.
-            let pipeline = self.client.pipeline();
-            for (channel, payload) in batch.drain(..) {
-                let _: Result<(), _> = if self.sharded {
-                    pipeline.spublish(channel, payload).await
-                } else {
-                    pipeline.publish(channel, payload).await
-                };
-            }
-            if let Err(e) = pipeline.all::<Vec<Value>>().await {
-                self.dropped.fetch_add(n as u64, Ordering::Relaxed);
-                tracing::debug!(error = %e, "publish to redis failed");
-            }
-            self.publish_queued_bytes
-                .fetch_sub(bytes, Ordering::Relaxed);
-        }
-    }
-
     /// Keeps the room subscriptions equal to the rooms with local members. Each pass takes
     /// the marked rooms, then reads the room table: a mark is set after the table changed, so
     /// the pass that takes it reads that change or a later one, whatever order racing joins
@@ -61,12 +34,12 @@ impl Inner {
         loop {
             tokio::select! {
                 () = self.cancel.cancelled() => return,
-                () = self.subs_notify.notified() => {}
+                () = self.subscriptions.notify.notified() => {}
             }
             let Some(sink) = self.sink().cloned() else {
                 continue;
             };
-            let dirty = std::mem::take(&mut self.subs.lock().dirty);
+            let dirty = self.subscriptions.take();
             let (mut add, mut remove) = (Vec::new(), Vec::new());
             for room in dirty {
                 let sure = !uncertain.contains(&room);
@@ -138,11 +111,11 @@ impl Inner {
     }
 
     fn retry_rooms(self: &Arc<Self>, rooms: Vec<RoomName>) {
-        self.subs.lock().dirty.extend(rooms);
+        self.subscriptions.dirty.lock().extend(rooms);
         let i = self.clone();
         self.tasks.spawn(async move {
             tokio::time::sleep(Duration::from_millis(500)).await;
-            i.subs_notify.notify_one();
+            i.subscriptions.notify.notify_one();
         });
     }
 }
