@@ -435,3 +435,36 @@ async fn redis_bus_forgets_cancelled_queries() {
     let _ = mute.kill();
     let _ = mute.wait();
 }
+
+/// A connection opened while only the subscriber connection is reconnecting still gets its
+/// affinity record at once: records go through the command connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn affinity_is_written_while_the_subscriber_alone_reconnects() {
+    let redis = Redis::start().await;
+    let name = cluster_name();
+    let bus = Arc::new(
+        RedisBus::connect(RedisOptions {
+            url: redis.url(),
+            mode: RedisMode::Standalone,
+            cluster: name.clone(),
+            node: NodeId::new("n1"),
+            affinity_ttl: Duration::from_secs(60),
+            node_heartbeat: Duration::from_millis(200),
+            ca_file: None,
+        })
+        .await
+        .unwrap(),
+    );
+    let router = Router::new(NodeId::new("n1"), bus.clone(), options());
+    use room_router::bus::Bus as _;
+    let start = Instant::now();
+    // Kill the subscriber's connection until the bus notices (it reconnects with backoff).
+    while bus.is_up() {
+        assert!(start.elapsed() < ARRIVES, "the subscriber never went away");
+        wsgate_tests::redis_cli(redis.port, &["CLIENT", "KILL", "TYPE", "pubsub"]);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let conn = connect(&router, Encoding::Json, 8).await;
+    let record = wsgate_tests::redis_cli(redis.port, &["GET", &format!("{name}:conn:{}", conn.id)]);
+    assert_eq!(record.trim(), "n1", "the record is written while the subscriber reconnects");
+}
