@@ -193,3 +193,22 @@ async fn connections_in_their_handshake_count_against_the_limits() {
         (429, Some("rate_limited"))
     );
 }
+
+/// A connection refused a slot at accept (over the per-IP limit) gets a second to send the
+/// request its 429 answers, not the whole handshake timeout.
+#[tokio::test]
+async fn a_connection_over_the_limit_is_dropped_quickly() {
+    let node = Node::start("[limits]\nmax_connections_per_ip = 1\n").await;
+    let _held = tokio::net::TcpStream::connect(node.client).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut over = tokio::net::TcpStream::connect(node.client).await.unwrap();
+    let start = std::time::Instant::now();
+    read_until_closed(&mut over, Duration::from_secs(8))
+        .await
+        .expect("the node closes it");
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        start.elapsed()
+    );
+}

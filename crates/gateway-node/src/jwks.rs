@@ -170,21 +170,27 @@ impl Jwks {
                     .with_context(|| format!("reading auth.jwks_file {}", path.display()))?
             }
             Source::Url(url, client) => {
-                let resp = client
+                let mut resp = client
                     .get(url)
                     .send()
                     .await
                     .with_context(|| format!("fetching auth.jwks_url {url}"))?
                     .error_for_status()
                     .with_context(|| format!("fetching auth.jwks_url {url}"))?;
-                let body = resp
-                    .bytes()
+                // Read in chunks and stop at the cap: a hostile or broken endpoint cannot
+                // make the node hold more than that.
+                let mut body = Vec::new();
+                while let Some(chunk) = resp
+                    .chunk()
                     .await
-                    .with_context(|| format!("reading auth.jwks_url {url}"))?;
-                if body.len() > MAX_JWKS_BYTES {
-                    bail!("auth.jwks_url {url}: over {MAX_JWKS_BYTES} bytes");
+                    .with_context(|| format!("reading auth.jwks_url {url}"))?
+                {
+                    if body.len() + chunk.len() > MAX_JWKS_BYTES {
+                        bail!("auth.jwks_url {url}: over {MAX_JWKS_BYTES} bytes");
+                    }
+                    body.extend_from_slice(&chunk);
                 }
-                body.to_vec()
+                body
             }
         };
         KeySet::parse(&bytes).context("parsing the key set")

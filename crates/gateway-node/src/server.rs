@@ -34,6 +34,10 @@ pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 /// hold a drain's exit.
 pub const STOP_GRACE: Duration = Duration::from_secs(2);
 
+/// Time a connection refused a slot at accept has to send the request that its 503 or 429
+/// answers.
+pub const REFUSED_HEADER_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// What one listener allows a connection before and while it sends a request.
 #[derive(Clone)]
 pub struct ServeOptions {
@@ -93,7 +97,13 @@ pub async fn serve(
             .map(|slots| PendingSlot::accept(slots, peer.ip()));
         let router = router.clone();
         let stop = stop.clone();
-        let header_timeout = opts.header_timeout;
+        // A connection over the limits counts against nothing while it sends the request its
+        // refusal answers: it gets a second for that, not the whole handshake timeout.
+        let header_timeout = if slot.as_ref().is_some_and(PendingSlot::refused) {
+            opts.header_timeout.min(REFUSED_HEADER_TIMEOUT)
+        } else {
+            opts.header_timeout
+        };
         conns.spawn(async move {
             serve_connection(tcp, peer, router, stop, header_timeout, slot).await;
             drop(permit);

@@ -12,7 +12,6 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::sync::OnceLock;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -141,16 +140,15 @@ struct State {
     /// Sum of `pending`'s byte lengths.
     bytes: usize,
     close: Option<CloseCode>,
+    /// The close frame is queued or written: nothing may follow it (RFC 6455 section 5.5.1).
+    closing: bool,
     failed: bool,
+    /// The socket, once attached and until detached. Kept under the same lock as the queue:
+    /// a write and the queue behind it never interleave with another write.
+    transport: Option<Box<dyn Transport>>,
 }
 
 impl State {
-    fn pop_front(&mut self) {
-        if let Some(q) = self.pending.pop_front() {
-            self.bytes -= q.bytes.len();
-        }
-    }
-
     fn push_back(&mut self, q: Queued) {
         self.bytes += q.bytes.len();
         self.pending.push_back(q);
@@ -170,7 +168,6 @@ pub struct Outbound {
     limits: QueueLimits,
     state: Mutex<State>,
     notify: Notify,
-    transport: OnceLock<Box<dyn Transport>>,
 }
 
 impl Outbound {
@@ -184,14 +181,28 @@ impl Outbound {
             },
             state: Mutex::new(State::default()),
             notify: Notify::new(),
-            transport: OnceLock::new(),
         }
     }
 
     /// Attaches the socket; queued frames are written by the next flush.
     pub fn attach(&self, transport: Box<dyn Transport>) {
-        let _ = self.transport.set(transport);
+        self.state.lock().transport = Some(transport);
         self.notify.notify_one();
+    }
+
+    /// Lets go of the socket and of everything queued, for good: the session has ended. A
+    /// fan-out that still holds this connection (a member snapshot taken before it left)
+    /// finds it closed, and the socket closes now rather than when the last such holder
+    /// lets go.
+    pub fn detach(&self) {
+        let transport = {
+            let mut st = self.state.lock();
+            st.failed = true;
+            st.pending.clear();
+            st.bytes = 0;
+            st.transport.take()
+        };
+        drop(transport);
     }
 
     /// Writes or queues a message or reply, counted against the queue limits. The bytes are
@@ -216,12 +227,15 @@ impl Outbound {
         if st.failed {
             return Err(PushError::Closed);
         }
-        if st.close.is_some() {
+        if st.close.is_some() || st.closing {
             match kind {
                 FrameKind::Data => return Err(PushError::Closed),
                 FrameKind::Ping | FrameKind::Pong => return Ok(Pushed::Queued),
                 FrameKind::Close => {}
             }
+        }
+        if kind == FrameKind::Close {
+            st.closing = true;
         }
         let pong = kind == FrameKind::Pong;
         if pong {
@@ -243,7 +257,7 @@ impl Outbound {
                 since,
                 pong,
             };
-            if let Some(t) = self.transport.get() {
+            if let Some(t) = st.transport.as_ref() {
                 match t.try_write_direct(bytes) {
                     Ok(n) if n == bytes.len() => return Ok(Pushed::Written),
                     Ok(n) => q.bytes = bytes.slice(n..),
@@ -281,20 +295,23 @@ impl Outbound {
 
     /// Writes what is queued until done or the socket pushes back.
     pub fn flush(&self) -> Flush {
-        let Some(t) = self.transport.get() else {
-            return Flush::Blocked;
-        };
-        let mut st = self.state.lock();
+        let mut guard = self.state.lock();
+        let st = &mut *guard;
         if st.failed {
             return Flush::Failed;
         }
+        let Some(t) = st.transport.as_ref() else {
+            return Flush::Blocked;
+        };
         while let Some(front) = st.pending.front_mut() {
             match t.try_write(&front.bytes) {
                 Ok(n) if n == front.bytes.len() => {
                     if let Some(since) = front.since {
                         t.delivered(since);
                     }
-                    st.pop_front();
+                    if let Some(q) = st.pending.pop_front() {
+                        st.bytes -= q.bytes.len();
+                    }
                 }
                 Ok(n) => {
                     front.bytes = front.bytes.slice(n..);
@@ -494,6 +511,24 @@ mod tests {
         assert_eq!(q.push_control(&ping, FrameKind::Pong), Ok(()));
         assert_eq!(q.push(&frame(), None), Err(PushError::Closed));
         assert_eq!(q.len(), 1);
+    }
+
+    #[test]
+    fn nothing_follows_the_close_frame_and_detach_lets_go() {
+        let q = Outbound::new(frames(8));
+        let s = socket(0);
+        q.attach(Box::new(s.clone()));
+        q.push(&frame(), None).unwrap();
+        q.push_control(&Bytes::from_static(b"CLOSE"), FrameKind::Close)
+            .unwrap();
+        assert_eq!(q.push(&frame(), None), Err(PushError::Closed));
+        q.push_control(&Bytes::from_static(b"PONG"), FrameKind::Pong)
+            .unwrap();
+        assert_eq!(q.len(), 2, "the frame and the close, nothing after");
+        q.detach();
+        assert_eq!((q.len(), q.queued_bytes()), (0, 0));
+        assert_eq!(q.flush(), Flush::Failed);
+        assert_eq!(Arc::strong_count(&s), 1, "the socket is let go");
     }
 
     #[test]

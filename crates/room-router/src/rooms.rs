@@ -136,9 +136,12 @@ impl Members {
     fn current(&self) -> Arc<Vec<Arc<ConnHandle>>> {
         if self.stale.load(Ordering::Acquire) {
             let table = self.table.lock();
-            if self.stale.swap(false, Ordering::AcqRel) {
+            // Cleared only once the new snapshot is stored: a fan-out that reads `false`
+            // also reads the snapshot that includes every change made before it.
+            if self.stale.load(Ordering::Acquire) {
                 self.snapshot
                     .store(Arc::new(table.list.values().cloned().collect()));
+                self.stale.store(false, Ordering::Release);
             }
         }
         self.snapshot.load_full()

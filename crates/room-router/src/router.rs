@@ -417,7 +417,7 @@ impl Router {
     pub async fn room(&self, room: &RoomName, with_ids: bool) -> Result<RoomPresence, BusError> {
         let mut presence = self.bus.remote_room(room, with_ids).await?;
         let local = self.local.rooms.members(room.as_str());
-        presence.count += local.len();
+        presence.count = presence.count.saturating_add(local.len());
         if with_ids {
             presence.ids.extend(local);
         }

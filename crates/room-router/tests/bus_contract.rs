@@ -297,15 +297,8 @@ async fn views_span_the_cluster(cluster: Cluster) {
     let b = connect(&cluster[1], Encoding::Json, 64).await;
     cluster[0].join(&a, &r).unwrap();
     cluster[1].join(&b, &r).unwrap();
-    let p = cluster[0].room(&r, true).await.unwrap();
-    assert_eq!(p.count, 2);
-    assert_eq!(p.ids.len(), 2);
-    let v = cluster[0].connection(&b.id).await.unwrap().unwrap();
-    assert_eq!(v.node, *cluster[1].node_id());
-    assert_eq!(v.rooms, vec![r.clone()]);
-    assert_eq!(v.sub.as_deref(), Some("user"));
-    // Every node is listed, with its counts (the Redis bus reads them from each node's
-    // heartbeat, so they may take one to show).
+    // Every node is listed, with its counts (the Redis bus registers a node and its counts
+    // with each heartbeat, so a node may take one to show).
     let start = Instant::now();
     loop {
         let nodes = cluster[0].nodes().await.unwrap();
@@ -316,6 +309,13 @@ async fn views_span_the_cluster(cluster: Cluster) {
         assert!(start.elapsed() < ARRIVES, "nodes: {nodes:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let p = cluster[0].room(&r, true).await.unwrap();
+    assert_eq!(p.count, 2);
+    assert_eq!(p.ids.len(), 2);
+    let v = cluster[0].connection(&b.id).await.unwrap().unwrap();
+    assert_eq!(v.node, *cluster[1].node_id());
+    assert_eq!(v.rooms, vec![r.clone()]);
+    assert_eq!(v.sub.as_deref(), Some("user"));
 }
 
 async fn limits_hold(cluster: Cluster) {
@@ -466,5 +466,9 @@ async fn affinity_is_written_while_the_subscriber_alone_reconnects() {
     }
     let conn = connect(&router, Encoding::Json, 8).await;
     let record = wsgate_tests::redis_cli(redis.port, &["GET", &format!("{name}:conn:{}", conn.id)]);
-    assert_eq!(record.trim(), "n1", "the record is written while the subscriber reconnects");
+    assert_eq!(
+        record.trim(),
+        "n1",
+        "the record is written while the subscriber reconnects"
+    );
 }

@@ -12,7 +12,10 @@ use crate::error::ApiError;
 /// `GET /cluster`.
 pub async fn cluster(State(app): State<Arc<App>>) -> Result<Json<serde_json::Value>, ApiError> {
     let nodes = app.router.nodes().await.map_err(ApiError::from)?;
-    let total: usize = nodes.iter().map(|n| n.connections).sum();
+    // Other nodes' counts are not trusted not to overflow.
+    let total = nodes
+        .iter()
+        .fold(0usize, |t, n| t.saturating_add(n.connections));
     let nodes: Vec<_> = nodes
         .iter()
         .map(|n| {

@@ -239,6 +239,12 @@ impl Config {
                 return Err(invalid(key, "must be greater than 0"));
             }
         }
+        if l.outbound_queue_bytes < l.max_message_bytes {
+            return Err(invalid(
+                "limits.outbound_queue_bytes",
+                "must be at least limits.max_message_bytes: one largest message must fit",
+            ));
+        }
         for p in &self.proxy {
             if p.auth.as_deref() == Some("jwt") && self.auth.is_none() {
                 return Err(invalid("proxy.auth", "\"jwt\" needs an [auth] table"));
@@ -346,6 +352,9 @@ fn check_path(key: &'static str, path: &str) -> Result<(), ConfigError> {
 }
 
 fn validate_auth(auth: &AuthConfig) -> Result<(), ConfigError> {
+    if auth.jwks_refresh.is_zero() {
+        return Err(invalid("auth.jwks_refresh", "must be greater than 0"));
+    }
     if auth.algorithms.is_empty() {
         return Err(invalid(
             "auth.algorithms",
@@ -463,6 +472,18 @@ mod tests {
         assert!(!c.server.allow_any_origin_with_cookie);
         assert_eq!(c.limits.outbound_queue, 1024);
         assert_eq!(c.limits.outbound_queue_bytes, 1 << 20);
+    }
+
+    #[test]
+    fn bounds_that_cannot_work_are_refused() {
+        let e = load("[limits]\noutbound_queue_bytes = 1000\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("limits.outbound_queue_bytes"), "{e}");
+        let e = load("[auth]\njwt_secret = \"s\"\njwks_refresh = \"0s\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("auth.jwks_refresh"), "{e}");
     }
 
     #[test]

@@ -38,11 +38,6 @@ impl Slots {
         })
     }
 
-    /// Whether the node is full, checked before anything else in the handshake.
-    pub fn node_full(&self) -> bool {
-        self.max_total != 0 && self.total.load(Ordering::Acquire) >= self.max_total
-    }
-
     /// Takes a slot for a connection from `ip` (counted per [`client_key`]); released when
     /// the guard drops.
     pub fn acquire(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, SlotError> {
@@ -98,6 +93,11 @@ impl PendingSlot {
     /// Takes a slot for a connection just accepted from `ip`.
     pub fn accept(slots: &Arc<Slots>, ip: IpAddr) -> PendingSlot {
         PendingSlot(Arc::new(Mutex::new(Some(slots.acquire(ip)))))
+    }
+
+    /// Whether the connection was refused a slot at accept (it will be answered 503 or 429).
+    pub fn refused(&self) -> bool {
+        matches!(*self.0.lock(), Some(Err(_)))
     }
 
     /// The connection's slot for its upgrade, or why there is none.
@@ -183,7 +183,6 @@ mod tests {
         let _s2 = slots.acquire(a).unwrap();
         assert_eq!(slots.acquire(a).unwrap_err(), SlotError::PerIp);
         let _s3 = slots.acquire(b).unwrap();
-        assert!(slots.node_full());
         assert_eq!(slots.acquire(b).unwrap_err(), SlotError::NodeFull);
         drop(s1);
         assert_eq!(slots.total(), 2);

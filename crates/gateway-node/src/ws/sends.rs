@@ -4,8 +4,9 @@
 //! session must not: while Redis answers it keeps reading frames, flushing its queue and
 //! answering pings. So a remote `send` becomes a future held here, which the session polls
 //! in its `select!` next to everything else. They run one at a time so that two sends from one
-//! client reach their targets in the order sent, and at most [`MAX_WAITING`] wait: past that
-//! the client is told the cluster is not keeping up, and nothing queues without bound.
+//! client reach their targets in the order sent, and at most [`MAX_WAITING`] sends holding at
+//! most `limits.outbound_queue_bytes` of payload wait: past that the client is told the
+//! cluster is not keeping up, and nothing queues without bound.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -28,25 +29,39 @@ pub struct Done {
 /// A send not yet finished.
 pub type Pending = Pin<Box<dyn Future<Output = Done> + Send>>;
 
-/// The sends of one connection, oldest first.
-#[derive(Default)]
+/// The sends of one connection, oldest first, each with the payload bytes it holds.
 pub struct SendQueue {
-    running: Option<Pending>,
-    waiting: VecDeque<Pending>,
+    running: Option<(Pending, usize)>,
+    waiting: VecDeque<(Pending, usize)>,
+    bytes: usize,
+    max_bytes: usize,
 }
 
 impl SendQueue {
+    /// An empty queue holding at most `max_bytes` of payload.
+    pub fn new(max_bytes: usize) -> Self {
+        SendQueue {
+            running: None,
+            waiting: VecDeque::new(),
+            bytes: 0,
+            max_bytes,
+        }
+    }
+
     /// Whether no send is waiting or running.
     pub fn is_empty(&self) -> bool {
         self.running.is_none() && self.waiting.is_empty()
     }
 
-    /// Queues a send behind the others; `Err` gives it back when [`MAX_WAITING`] are waiting.
-    pub fn push(&mut self, send: Pending) -> Result<(), Pending> {
-        if self.waiting.len() + usize::from(self.running.is_some()) >= MAX_WAITING {
+    /// Queues a send of `size` payload bytes behind the others; `Err` gives it back when
+    /// [`MAX_WAITING`] sends or the byte bound are reached.
+    pub fn push(&mut self, send: Pending, size: usize) -> Result<(), Pending> {
+        let count = self.waiting.len() + usize::from(self.running.is_some());
+        if count >= MAX_WAITING || (count > 0 && self.bytes + size > self.max_bytes) {
             return Err(send);
         }
-        self.waiting.push_back(send);
+        self.bytes += size;
+        self.waiting.push_back((send, size));
         Ok(())
     }
 
@@ -56,11 +71,13 @@ impl SendQueue {
         if self.running.is_none() {
             self.running = self.waiting.pop_front();
         }
-        let Some(running) = self.running.as_mut() else {
+        let Some((running, _)) = self.running.as_mut() else {
             return std::future::pending().await;
         };
         let done = running.await;
-        self.running = None;
+        if let Some((_, size)) = self.running.take() {
+            self.bytes -= size;
+        }
         done
     }
 }
@@ -82,19 +99,25 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn sends_finish_in_order_one_at_a_time_and_are_bounded() {
-        let mut q = SendQueue::default();
+        let mut q = SendQueue::new(1_000);
         assert!(q.is_empty());
         // The first is slow: the second, fast, still finishes after it.
-        assert!(q.push(send(1, 100)).is_ok());
-        assert!(q.push(send(2, 1)).is_ok());
+        assert!(q.push(send(1, 100), 10).is_ok());
+        assert!(q.push(send(2, 1), 10).is_ok());
         // Cancelling a wait loses nothing.
         let _ = tokio::time::timeout(Duration::from_millis(10), q.next()).await;
         assert_eq!(q.next().await.id, Some(RequestId::Int(1)));
         assert_eq!(q.next().await.id, Some(RequestId::Int(2)));
         assert!(q.is_empty());
         for i in 0..MAX_WAITING as i64 {
-            assert!(q.push(send(i, 1)).is_ok());
+            assert!(q.push(send(i, 1), 1).is_ok());
         }
-        assert!(q.push(send(99, 1)).is_err());
+        assert!(q.push(send(99, 1), 1).is_err(), "bounded in count");
+        let mut q = SendQueue::new(1_000);
+        assert!(q.push(send(1, 1), 2_000).is_ok(), "one send always fits");
+        assert!(q.push(send(2, 1), 1).is_err(), "bounded in bytes");
+        q.next().await;
+        assert!(q.push(send(3, 1), 600).is_ok());
+        assert!(q.push(send(4, 1), 600).is_err());
     }
 }

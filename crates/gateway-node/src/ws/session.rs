@@ -42,6 +42,15 @@ impl Drop for Registered {
     }
 }
 
+/// Lets go of the connection's socket and queue when the session task ends.
+struct Detach(Arc<ConnHandle>);
+
+impl Drop for Detach {
+    fn drop(&mut self) {
+        self.0.outbound.detach();
+    }
+}
+
 /// How a session ends.
 enum End {
     /// The server closes with this code.
@@ -110,9 +119,11 @@ impl Session {
             (Some(auth), Some(id)) => Some(instant_of(auth.expiry(id))),
             _ => None,
         };
+        let sends = SendQueue::new(limits.outbound_queue_bytes);
         Session {
             rate: RateLimiter::new(limits.messages_per_second, limits.messages_burst, now),
             next_ping: now + app.config.server.heartbeat,
+            sends,
             app,
             conn,
             identity,
@@ -125,7 +136,6 @@ impl Session {
             token_deadline,
             write,
             blocked: false,
-            sends: SendQueue::default(),
         }
     }
 
@@ -135,6 +145,9 @@ impl Session {
         // Armed before the registration: whatever ends this task (the end of the session, a
         // panic unwinding through it, the task dropped mid-await) unregisters the connection,
         // so no ghost member, affinity record or socket outlives it.
+        // Declared first, dropped last: whatever ends the task, the socket and the queue are
+        // let go of, even while a member snapshot somewhere still holds the connection.
+        let _detach = Detach(self.conn.clone());
         let registered = Registered {
             app: app.clone(),
             conn: self.conn.clone(),
@@ -415,11 +428,12 @@ impl Session {
                     self.on_send_done(Done { id, result });
                 } else {
                     let refused_id = id.clone();
+                    let size = data.raw_len();
                     let send: Pending = Box::pin(async move {
                         let result = router.send(&to, data, from).await;
                         Done { id, result }
                     });
-                    if self.sends.push(send).is_err() {
+                    if self.sends.push(send, size).is_err() {
                         self.error(
                             refused_id,
                             ErrorCode::Unavailable,

@@ -93,6 +93,9 @@ use tls::tls_connector;
 /// Room envelopes from other nodes waiting for one fan-out worker: a worker this far behind
 /// drops (counted in `dropped`) rather than holding the reader up.
 const FANOUT_QUEUE: usize = 4_096;
+/// Bytes of room envelopes waiting for the fan-out workers, all together, at most: past it
+/// envelopes are dropped (counted in `dropped`), as a slow reader's would be.
+const FANOUT_QUEUE_BYTES: usize = 32 << 20;
 /// How long the first connection may take before start-up fails.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -109,7 +112,9 @@ struct Inner {
     affinity: Affinity,
     queries: Queries,
     /// Room envelopes from other nodes, by room, to the workers that fan them out.
-    fanout_workers: Vec<mpsc::Sender<Envelope>>,
+    fanout_workers: Vec<mpsc::Sender<(Envelope, usize)>>,
+    /// Bytes waiting in `fanout_workers` ([`FANOUT_QUEUE_BYTES`]).
+    fanout_queued_bytes: AtomicUsize,
     malformed: AtomicU64,
     dropped: AtomicU64,
     cancel: CancellationToken,
@@ -217,6 +222,7 @@ impl RedisBus {
             affinity: Affinity::default(),
             queries: Queries::default(),
             fanout_workers,
+            fanout_queued_bytes: AtomicUsize::new(0),
             malformed: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             cancel: CancellationToken::new(),
@@ -471,7 +477,10 @@ impl Bus for RedisBus {
             let mut presence = RoomPresence::default();
             for reply in futures_util::future::join_all(asks).await {
                 if let Ok(Some(Reply::Room { count, ids })) = reply {
-                    presence.count += count as usize;
+                    // Another node's number: added without trusting it not to overflow.
+                    presence.count = presence
+                        .count
+                        .saturating_add(usize::try_from(count).unwrap_or(usize::MAX));
                     presence
                         .ids
                         .extend(ids.into_iter().map(ConnectionId::from_string));

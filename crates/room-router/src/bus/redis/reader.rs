@@ -66,11 +66,11 @@ impl Inner {
                     continue;
                 }
             };
-            self.dispatch(envelope);
+            self.dispatch(envelope, bytes.len());
         }
     }
 
-    fn dispatch(self: &Arc<Self>, envelope: Envelope) {
+    fn dispatch(self: &Arc<Self>, envelope: Envelope, size: usize) {
         let Some(sink) = self.sink() else { return };
         match envelope.body {
             EnvelopeBody::Room { .. } if envelope.origin == self.opts.node => {
@@ -129,7 +129,16 @@ impl Inner {
                 // Fanned out by the room's worker: a 20,000-member room does not hold up
                 // other rooms' deliveries, and one room's messages stay in order.
                 let worker = &self.fanout_workers[worker_for(room, self.fanout_workers.len())];
-                if worker.try_send(envelope).is_err() {
+                let reserved = self
+                    .fanout_queued_bytes
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |q| {
+                        (q + size <= FANOUT_QUEUE_BYTES).then_some(q + size)
+                    })
+                    .is_ok();
+                if !reserved {
+                    self.dropped.fetch_add(1, Ordering::Relaxed);
+                } else if worker.try_send((envelope, size)).is_err() {
+                    self.fanout_queued_bytes.fetch_sub(size, Ordering::Relaxed);
                     self.dropped.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -138,9 +147,12 @@ impl Inner {
     }
 
     /// Delivers the room envelopes of the rooms assigned to this worker, in arrival order.
-    pub(super) async fn run_fanout_worker(self: Arc<Self>, mut rx: mpsc::Receiver<Envelope>) {
+    pub(super) async fn run_fanout_worker(
+        self: Arc<Self>,
+        mut rx: mpsc::Receiver<(Envelope, usize)>,
+    ) {
         loop {
-            let envelope = tokio::select! {
+            let (envelope, size) = tokio::select! {
                 () = self.cancel.cancelled() => return,
                 e = rx.recv() => match e {
                     Some(e) => e,
@@ -150,6 +162,7 @@ impl Inner {
             if let Some(sink) = self.sink() {
                 sink.deliver(envelope);
             }
+            self.fanout_queued_bytes.fetch_sub(size, Ordering::Relaxed);
         }
     }
 }

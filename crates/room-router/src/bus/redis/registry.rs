@@ -24,6 +24,23 @@ impl Inner {
             let view = sink.node_view();
             let info = format!("{},{}", view.connections, view.rooms);
             let live_ms = self.live_ms();
+            // The record first, then the set, in two round trips: in Redis Cluster the two keys
+            // live on different shards, and a reader that found this node in the set before
+            // its record existed would take it for dead and remove it.
+            let record: Result<(), _> = self
+                .client
+                .set(
+                    self.keys.nodeinfo(self.opts.node.as_str()),
+                    info,
+                    Some(Expiration::PX(live_ms as i64)),
+                    None,
+                    false,
+                )
+                .await;
+            if let Err(e) = record {
+                tracing::debug!(error = %e, "heartbeat failed");
+                continue;
+            }
             let pipeline = self.client.pipeline();
             // The score is informational (when this node last wrote, by its own clock);
             // nothing compares it.
@@ -40,15 +57,6 @@ impl Inner {
             // Every record expires unless refreshed: the registry outlives no node.
             let _: Result<(), _> = pipeline
                 .pexpire(self.keys.nodes(), (live_ms * 2) as i64, None)
-                .await;
-            let _: Result<(), _> = pipeline
-                .set(
-                    self.keys.nodeinfo(self.opts.node.as_str()),
-                    info,
-                    Some(Expiration::PX(live_ms as i64)),
-                    None,
-                    false,
-                )
                 .await;
             if let Err(e) = pipeline.all::<Vec<Value>>().await {
                 tracing::debug!(error = %e, "heartbeat failed");
