@@ -55,8 +55,12 @@ fn invalid_config_exits_non_zero_naming_the_key() {
             "auth.jwt_public_key_file",
         ),
         (
-            "[auth]\nalgorithms = [\"RS256\"]\njwks_url = \"https://example.com/jwks\"\n",
-            "auth.jwks",
+            "[auth]\nalgorithms = [\"RS256\"]\njwks_url = \"ftp://127.0.0.1/jwks\"\n",
+            "auth.jwks_url",
+        ),
+        (
+            "[auth]\nalgorithms = [\"RS256\"]\njwks_file = \"/nonexistent.json\"\n",
+            "auth.jwks_file",
         ),
         (
             "[telemetry]\notlp_endpoint = \"http://127.0.0.1:4317\"\n",

@@ -10,7 +10,8 @@
 //! - [`admin`]: health, metrics and the management API.
 //! - [`metrics`]: metric names and registry; deliveries counted once per fan-out.
 //! - [`drain`]: the SIGTERM sequence.
-//! - [`error`]: HTTP error bodies.
+//! - [`error`]: HTTP error bodies, and the one mapping from a routing failure to the wire and
+//!   the admin API.
 //!
 //! [`run`] takes bound listeners and a shutdown token, so tests run real nodes on port 0; only
 //! `main` reads flags, environment and signals.
@@ -137,19 +138,15 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let stop_background = CancellationToken::new();
     let background = TaskTracker::new();
-    let auth = match preflight(&config)? {
-        Some(auth) if auth.wants_jwks() => {
-            let a = config
-                .auth
-                .as_ref()
-                .expect("an authenticator comes from [auth]");
+    let auth = match (preflight(&config)?, config.auth.as_ref()) {
+        (Some(auth), Some(a)) if auth.wants_jwks() => {
             let jwks = jwks::Jwks::load(&a.jwks_file, &a.jwks_url, a.jwks_refresh)
                 .await
                 .context("loading the [auth] key set")?;
             background.spawn(jwks.clone().run(stop_background.clone()));
             Some(Arc::new(auth.with_jwks(jwks)))
         }
-        other => other.map(Arc::new),
+        (other, _) => other.map(Arc::new),
     };
     let node = node_id(&config);
     let bus: Arc<dyn Bus> = if config.embedded() {

@@ -142,12 +142,12 @@ impl Session {
     /// Runs the connection to its end.
     pub async fn run(mut self) {
         let app = self.app.clone();
-        // Armed before the registration: whatever ends this task (the end of the session, a
-        // panic unwinding through it, the task dropped mid-await) unregisters the connection,
-        // so no ghost member, affinity record or socket outlives it.
         // Declared first, dropped last: whatever ends the task, the socket and the queue are
         // let go of, even while a member snapshot somewhere still holds the connection.
         let _detach = Detach(self.conn.clone());
+        // Armed before the registration: whatever ends this task (the end of the session, a
+        // panic unwinding through it, the task dropped mid-await) unregisters the connection,
+        // so no ghost member or affinity record outlives it.
         let registered = Registered {
             app: app.clone(),
             conn: self.conn.clone(),
