@@ -7,6 +7,7 @@
 //!   slots and bounds) and the client listener's routes.
 //! - [`ws`]: the handshake, the session loop, writing, remote sends, limits.
 //! - [`auth`]: token lookup and verification, room permissions; [`jwks`]: key sets by `kid`.
+//! - [`tls`]: the wss:// certificate, reloaded on SIGHUP.
 //! - [`admin`]: health, metrics and the management API.
 //! - [`metrics`]: metric names and registry; deliveries counted once per fan-out.
 //! - [`drain`]: the SIGTERM sequence.
@@ -27,6 +28,7 @@ pub mod jwks;
 pub mod metrics;
 pub mod server;
 pub mod telemetry;
+pub mod tls;
 pub mod ws;
 
 use std::future::IntoFuture;
@@ -60,6 +62,13 @@ pub struct Listeners {
 /// would refuse at start. `check-config` runs it too, so a configuration it accepts starts.
 pub fn preflight(config: &Config) -> anyhow::Result<Option<Authenticator>> {
     check_supported(config)?;
+    if !config.server.tls_cert_file.is_empty() {
+        tls::Tls::new(
+            config.server.tls_cert_file.as_ref(),
+            config.server.tls_key_file.as_ref(),
+        )
+        .context("loading the wss:// certificate")?;
+    }
     if !config.embedded() {
         RedisBus::check(&redis_options(config, NodeId::new("preflight")))
             .context("cluster.redis_url")?;
@@ -74,10 +83,6 @@ pub fn preflight(config: &Config) -> anyhow::Result<Option<Authenticator>> {
 /// Refuses configuration this version cannot honour yet, rather than ignoring it silently.
 fn check_supported(config: &Config) -> anyhow::Result<()> {
     let unsupported = [
-        (
-            !config.server.tls_cert_file.is_empty(),
-            "server.tls_cert_file (wss://)",
-        ),
         (config.routes.any(), "[routes] integrations"),
         (!config.history.is_empty(), "[[history]]"),
         (
@@ -130,11 +135,13 @@ fn node_id(config: &Config) -> NodeId {
     NodeId::generate(&host)
 }
 
-/// Runs a node until `shutdown` is cancelled, then drains it and returns.
+/// Runs a node until `shutdown` is cancelled, then drains it and returns. Each notification
+/// of `reload` reads the wss:// certificate and key files again (main sends one on SIGHUP).
 pub async fn run(
     config: Arc<Config>,
     listeners: Listeners,
     shutdown: CancellationToken,
+    reload: Arc<tokio::sync::Notify>,
 ) -> anyhow::Result<()> {
     let stop_background = CancellationToken::new();
     let background = TaskTracker::new();
@@ -147,6 +154,17 @@ pub async fn run(
             Some(Arc::new(auth.with_jwks(jwks)))
         }
         (other, _) => other.map(Arc::new),
+    };
+    let tls = if config.server.tls_cert_file.is_empty() {
+        None
+    } else {
+        Some(
+            tls::Tls::new(
+                config.server.tls_cert_file.as_ref(),
+                config.server.tls_key_file.as_ref(),
+            )
+            .context("loading the wss:// certificate")?,
+        )
     };
     let node = node_id(&config);
     let bus: Arc<dyn Bus> = if config.embedded() {
@@ -187,8 +205,25 @@ pub async fn run(
             header_timeout: config.server.handshake_timeout,
             max_connections: None,
             slots: Some(app.slots.clone()),
+            tls: tls.as_ref().map(|t| t.acceptor.clone()),
         },
     );
+    if let Some(tls) = tls {
+        let reload = reload.clone();
+        let stop = stop_background.clone();
+        background.spawn(async move {
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = reload.notified() => {}
+                }
+                match tls.cert.reload() {
+                    Ok(()) => tracing::info!("server certificate reloaded"),
+                    Err(e) => tracing::error!(error = %format!("{e:#}"), "server certificate reload failed; the old one stays"),
+                }
+            }
+        });
+    }
     let admin = server::serve(
         listeners.admin,
         admin::router(app.clone()),
@@ -197,6 +232,7 @@ pub async fn run(
             header_timeout: admin::HEADER_TIMEOUT,
             max_connections: Some(admin::MAX_CONNECTIONS),
             slots: None,
+            tls: None,
         },
     );
     let failed = CancellationToken::new();

@@ -86,7 +86,17 @@ fn run_node(cli: &Cli) -> anyhow::Result<()> {
             tracing::warn!("second signal during the drain: exiting now");
             std::process::exit(1);
         });
-        gateway_node::run(config, Listeners { client, admin }, shutdown).await
+        // SIGHUP reloads the wss:// certificate.
+        let reload = Arc::new(tokio::sync::Notify::new());
+        let on_hangup = reload.clone();
+        let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("installing the SIGHUP handler")?;
+        tokio::spawn(async move {
+            while hangup.recv().await.is_some() {
+                on_hangup.notify_one();
+            }
+        });
+        gateway_node::run(config, Listeners { client, admin }, shutdown, reload).await
     })
 }
 

@@ -17,6 +17,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_service::Service;
@@ -47,6 +48,9 @@ pub struct ServeOptions {
     pub max_connections: Option<usize>,
     /// Client listener: each connection takes a slot at accept (node and per-IP limits).
     pub slots: Option<Arc<Slots>>,
+    /// Client listener with `server.tls_cert_file`: the TLS handshake comes first, within the
+    /// same header timeout.
+    pub tls: Option<TlsAcceptor>,
 }
 
 /// `server.path` upgrades; everything else is 404 with a JSON body.
@@ -104,8 +108,25 @@ pub async fn serve(
         } else {
             opts.header_timeout
         };
+        let tls = opts.tls.clone();
         conns.spawn(async move {
-            serve_connection(tcp, peer, router, stop, header_timeout, slot).await;
+            let conn = Conn {
+                peer,
+                router,
+                stop,
+                header_timeout,
+                slot,
+            };
+            match tls {
+                None => conn.serve(tcp).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(header_timeout, acceptor.accept(tcp)).await {
+                        Ok(Ok(stream)) => conn.serve(stream).await,
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                }
+            }
             drop(permit);
         });
     }
@@ -122,35 +143,51 @@ pub async fn serve(
     Ok(())
 }
 
-async fn serve_connection(
-    tcp: tokio::net::TcpStream,
+/// One accepted connection and what serving it needs.
+struct Conn {
     peer: SocketAddr,
     router: axum::Router,
     stop: CancellationToken,
     header_timeout: Duration,
     slot: Option<PendingSlot>,
-) {
-    let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
-        req.extensions_mut().insert(ConnectInfo(peer));
-        if let Some(slot) = &slot {
-            req.extensions_mut().insert(slot.clone());
-        }
-        let mut router = router.clone();
-        // `Router` is always ready, and its error type is `Infallible`.
-        async move { router.call(req.map(axum::body::Body::new)).await }
-    });
-    let conn = hyper::server::conn::http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(header_timeout)
-        .max_buf_size(MAX_HEADER_BYTES)
-        .serve_connection(TokioIo::new(tcp), service)
-        .with_upgrades();
-    tokio::pin!(conn);
-    tokio::select! {
-        _ = conn.as_mut() => {}
-        () = stop.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
+}
+
+impl Conn {
+    /// Serves HTTP/1.1 requests on `io` (a TCP or TLS stream) until it closes, upgrades or the
+    /// listener stops.
+    async fn serve<I>(self, io: I)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let Conn {
+            peer,
+            router,
+            stop,
+            header_timeout,
+            slot,
+        } = self;
+        let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+            req.extensions_mut().insert(ConnectInfo(peer));
+            if let Some(slot) = &slot {
+                req.extensions_mut().insert(slot.clone());
+            }
+            let mut router = router.clone();
+            // `Router` is always ready, and its error type is `Infallible`.
+            async move { router.call(req.map(axum::body::Body::new)).await }
+        });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_timeout)
+            .max_buf_size(MAX_HEADER_BYTES)
+            .serve_connection(TokioIo::new(io), service)
+            .with_upgrades();
+        tokio::pin!(conn);
+        tokio::select! {
+            _ = conn.as_mut() => {}
+            () = stop.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.await;
+            }
         }
     }
 }

@@ -21,8 +21,10 @@ use tokio_tungstenite::WebSocketStream;
 use crate::app::App;
 use crate::error::ApiError;
 use crate::ws::limits::{PendingSlot, Slot, SlotError};
-use crate::ws::outbound::{SessionIo, SocketTransport};
+use crate::ws::outbound::{ReadSide, SessionIo, SocketTransport, WriteSide};
 use crate::ws::session::Session;
+use crate::ws::tls_socket::{TlsSocket, TlsTransport};
+use tokio_rustls::server::TlsStream;
 
 /// Seconds a refused client should wait before retrying a 503.
 const RETRY_AFTER_SECS: u32 = 5;
@@ -208,26 +210,42 @@ pub async fn upgrade(
             }
         };
         // The session writes to the socket directly (see ws::outbound), so it needs the TCP
-        // stream itself, not hyper's boxed wrapper.
-        let parts = match upgraded.downcast::<TokioIo<TcpStream>>() {
-            Ok(parts) => parts,
-            Err(_) => {
-                tracing::error!("upgraded connection is not a TCP stream");
-                return;
+        // or TLS stream itself, not hyper's boxed wrapper.
+        let (read, write, prefix) = match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => {
+                let (read, write) = parts.io.into_inner().into_split();
+                let write = Arc::new(write);
+                conn.outbound.attach(Box::new(SocketTransport::new(
+                    write.clone(),
+                    session_app.metrics.clone(),
+                )));
+                (
+                    ReadSide::Plain(read),
+                    WriteSide::Plain(write),
+                    parts.read_buf,
+                )
             }
+            Err(upgraded) => match upgraded.downcast::<TokioIo<TlsStream<TcpStream>>>() {
+                Ok(parts) => {
+                    let (tcp, tls) = parts.io.into_inner().into_inner();
+                    let socket = TlsSocket::new(tcp, tls);
+                    conn.outbound.attach(Box::new(TlsTransport::new(
+                        socket.clone(),
+                        session_app.metrics.clone(),
+                    )));
+                    (
+                        ReadSide::Tls(socket.clone()),
+                        WriteSide::Tls(socket),
+                        parts.read_buf,
+                    )
+                }
+                Err(_) => {
+                    tracing::error!("upgraded connection is neither a TCP nor a TLS stream");
+                    return;
+                }
+            },
         };
-        let (read, write) = parts.io.into_inner().into_split();
-        let write = Arc::new(write);
-        conn.outbound.attach(Box::new(SocketTransport::new(
-            write.clone(),
-            session_app.metrics.clone(),
-        )));
-        let io = SessionIo::new(
-            read,
-            parts.read_buf,
-            conn.clone(),
-            session_app.router.clone(),
-        );
+        let io = SessionIo::new(read, prefix, conn.clone(), session_app.router.clone());
         let ws =
             WebSocketStream::from_raw_socket(io, Role::Server, Some(session_app.ws_config)).await;
         Session::new(session_app, conn, identity, ws, write)

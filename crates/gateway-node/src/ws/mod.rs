@@ -6,3 +6,4 @@ pub mod limits;
 pub mod outbound;
 pub mod sends;
 pub mod session;
+pub mod tls_socket;

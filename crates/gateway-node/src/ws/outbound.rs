@@ -1,5 +1,5 @@
-//! The socket under a session, split in two: writes go through the connection's
-//! [`Outbound`] (direct non-blocking writes from fan-out, a bounded queue behind them), and
+//! The socket under a session (plain, or TLS through [`TlsSocket`]), split in two: writes go
+//! through the connection's [`Outbound`] (direct non-blocking writes from fan-out, a bounded queue behind them), and
 //! reads go to tungstenite, whose own writes (pongs, close frames) are routed into the same
 //! outbound so that frames never interleave.
 
@@ -19,6 +19,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
 
 use crate::metrics::Metrics;
+use crate::ws::tls_socket::TlsSocket;
 
 /// How long a close handshake may take before the socket is dropped.
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -89,10 +90,37 @@ fn control_kind(frame: &[u8]) -> FrameKind {
     }
 }
 
+/// The socket a session reads from: plain, or TLS (decrypted by [`TlsSocket`]).
+pub enum ReadSide {
+    /// `ws://`.
+    Plain(OwnedReadHalf),
+    /// `wss://`.
+    Tls(Arc<TlsSocket>),
+}
+
+/// The socket a session waits on when it pushes back.
+#[derive(Clone)]
+pub enum WriteSide {
+    /// `ws://`.
+    Plain(Arc<OwnedWriteHalf>),
+    /// `wss://`.
+    Tls(Arc<TlsSocket>),
+}
+
+impl WriteSide {
+    /// Resolves when the socket can take bytes.
+    pub async fn writable(&self) -> io::Result<()> {
+        match self {
+            WriteSide::Plain(w) => w.writable().await,
+            WriteSide::Tls(t) => t.writable().await,
+        }
+    }
+}
+
 /// What tungstenite reads from and writes to: reads from the socket (after any bytes the HTTP
 /// layer read ahead), writes into the connection's outbound.
 pub struct SessionIo {
-    read: OwnedReadHalf,
+    read: ReadSide,
     prefix: Bytes,
     conn: Arc<ConnHandle>,
     /// Counts a slow consumer that a control frame (a pong, a ping) pushed over its bounds.
@@ -103,12 +131,7 @@ impl SessionIo {
     /// Wraps the read half; `prefix` is what the HTTP layer had already read. It is a view
     /// into the HTTP layer's whole read buffer, so it is copied out (or dropped when empty)
     /// rather than keeping that buffer alive for the life of the connection.
-    pub fn new(
-        read: OwnedReadHalf,
-        prefix: Bytes,
-        conn: Arc<ConnHandle>,
-        router: Arc<Router>,
-    ) -> Self {
+    pub fn new(read: ReadSide, prefix: Bytes, conn: Arc<ConnHandle>, router: Arc<Router>) -> Self {
         let prefix = if prefix.is_empty() {
             Bytes::new()
         } else {
@@ -138,7 +161,10 @@ impl AsyncRead for SessionIo {
             }
             return Poll::Ready(Ok(()));
         }
-        Pin::new(&mut self.read).poll_read(cx, buf)
+        match &mut self.read {
+            ReadSide::Plain(r) => Pin::new(r).poll_read(cx, buf),
+            ReadSide::Tls(t) => t.poll_read(cx, buf),
+        }
     }
 }
 
@@ -179,7 +205,7 @@ impl AsyncWrite for SessionIo {
 }
 
 /// Writes everything queued, waiting for the socket as needed.
-pub async fn flush_all(conn: &ConnHandle, write: &OwnedWriteHalf) -> io::Result<()> {
+pub async fn flush_all(conn: &ConnHandle, write: &WriteSide) -> io::Result<()> {
     loop {
         match conn.outbound.flush() {
             Flush::Empty => return Ok(()),

@@ -13,7 +13,6 @@ use futures_util::{SinkExt, StreamExt};
 use protocol::codec::{decode_client, request_id};
 use protocol::{ClientFrame, CloseCode, ErrorCode, RequestId, ServerFrame};
 use room_router::{ConnHandle, Flush, PushError, RouterError};
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -23,7 +22,7 @@ use crate::app::App;
 use crate::auth::{room_allowed, Identity};
 use crate::error::Failure;
 use crate::ws::limits::RateLimiter;
-use crate::ws::outbound::{self, flush_all, SessionIo};
+use crate::ws::outbound::{self, flush_all, SessionIo, WriteSide};
 use crate::ws::sends::{Done, Pending, SendQueue};
 
 /// The WebSocket of one client: tungstenite reads; writes go through the outbound.
@@ -75,8 +74,8 @@ pub struct Session {
     last_message: Instant,
     next_ping: Instant,
     token_deadline: Option<Instant>,
-    /// The socket's write half, to wait for writability when it pushes back.
-    write: Arc<OwnedWriteHalf>,
+    /// The socket, to wait for writability when it pushes back.
+    write: WriteSide,
     /// Whether the last flush found the socket full.
     blocked: bool,
     /// `send`s waiting on the cluster, answered in order while the loop goes on.
@@ -111,7 +110,7 @@ impl Session {
         conn: Arc<ConnHandle>,
         identity: Option<Identity>,
         ws: Ws,
-        write: Arc<OwnedWriteHalf>,
+        write: WriteSide,
     ) -> Self {
         let now = Instant::now();
         let limits = &app.config.limits;
@@ -578,6 +577,7 @@ mod tests {
                 header_timeout: Duration::from_secs(5),
                 max_connections: None,
                 slots: Some(app.slots.clone()),
+                tls: None,
             },
         ));
         let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
