@@ -2,7 +2,7 @@
 # Reproduces loadtest/RESULTS.md: nodes pinned to CPU 0, the harness (and Redis) pinned to
 # CPU 1, fresh nodes per scenario.
 #
-#   loadtest/bench.sh [idle|floor|broadcast|cluster|stall|all]   (default: all)
+#   loadtest/bench.sh [idle|floor|broadcast|cluster|stall|tls|all]   (default: all)
 #
 # idle       18,000 idle connections on one embedded node
 # floor      the same fan-out as broadcast as bare loopback TCP sends: the machine's floor
@@ -12,6 +12,8 @@
 #            connection in no room pings every 10 ms and 20 connections join and leave the
 #            room: does the fan-out stall the rest of the node? The node gets both CPUs (two
 #            runtime threads), since the question is whether it blocks a thread.
+# tls        broadcast's load over wss:// and over ws://, alternating twice, one node each:
+#            what TLS costs per delivery
 #
 # NODE_BIN=path/to/gateway-node compares another build (e.g. an older commit) under the same
 # harness; OUT=dir sets where result files go (default loadtest/results).
@@ -20,8 +22,8 @@ cd "$(dirname "$0")/.."
 
 scenario="${1:-all}"
 case "$scenario" in
-  idle | floor | broadcast | cluster | stall | all) ;;
-  *) echo "usage: $0 [idle|floor|broadcast|cluster|stall|all]" >&2; exit 2 ;;
+  idle | floor | broadcast | cluster | stall | tls | all) ;;
+  *) echo "usage: $0 [idle|floor|broadcast|cluster|stall|tls|all]" >&2; exit 2 ;;
 esac
 out="${OUT:-loadtest/results}"
 mkdir -p "$out"
@@ -149,11 +151,29 @@ run_stall() {
     --out "$out/stall.json"
 }
 
+run_tls() {
+  "$harness" certs --out "$out/certs" >/dev/null
+  for round in 1 2; do
+    export WSGATE_SERVER__TLS_CERT_FILE="$out/certs/cert.pem"
+    export WSGATE_SERVER__TLS_KEY_FILE="$out/certs/key.pem"
+    start_node
+    unset WSGATE_SERVER__TLS_CERT_FILE WSGATE_SERVER__TLS_KEY_FILE
+    taskset -c 1 "$harness" broadcast --url "wss://127.0.0.1:$port/ws" --ca "$out/certs/ca.pem" \
+      --node-pid "$node_pid" --members 5000 --rate 10 --duration 20s --size 100 \
+      --out "$out/tls-wss-$round.json"
+    start_node
+    taskset -c 1 "$harness" broadcast --url "ws://127.0.0.1:$port/ws" --node-pid "$node_pid" \
+      --members 5000 --rate 10 --duration 20s --size 100 --out "$out/tls-ws-$round.json"
+  done
+  stop_node
+}
+
 case "$scenario" in
+  tls) run_tls ;;
   stall) run_stall ;;
   idle) run_idle ;;
   floor) run_floor ;;
   broadcast) run_broadcast ;;
   cluster) run_cluster ;;
-  all) run_idle; run_floor; run_broadcast; run_cluster; run_stall ;;
+  all) run_idle; run_floor; run_broadcast; run_cluster; run_stall; run_tls ;;
 esac

@@ -83,7 +83,8 @@ pub async fn run(args: BroadcastArgs) -> anyhow::Result<()> {
         .publisher_url
         .clone()
         .unwrap_or_else(|| common.urls[0].clone());
-    let pub_target = Target::resolve(&pub_url, common.token.as_deref()).await?;
+    let pub_target =
+        Target::resolve(&pub_url, common.token.as_deref(), common.ca.as_deref()).await?;
     let requested = args.members as usize;
     let (workers, ready) = report::start(common, requested, Some(&args.room), deadline).await?;
     if ready.connected == 0 {

@@ -26,6 +26,13 @@ pub struct Cli {
 /// Scenarios.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Writes a test CA and a certificate for localhost and 127.0.0.1 (`ca.pem`, `cert.pem`,
+    /// `key.pem`) into a directory, for a node serving wss:// and `--ca`.
+    Certs {
+        /// The directory.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Hold many idle connections: connect rate and the node's RSS per connection.
     Idle(IdleArgs),
     /// Members in one room and publishers at a fixed rate: throughput, loss, latency, CPU.
@@ -41,13 +48,16 @@ pub enum Command {
 /// Options every scenario shares.
 #[derive(Debug, Clone, Args)]
 pub struct Common {
-    /// Node WebSocket URL (`ws://`, a node on this machine); repeat for several nodes
+    /// Node WebSocket URL (`ws://` or `wss://`, a node on this machine); repeat for several nodes
     /// (connections are spread round robin).
     #[arg(long = "url", default_value = "ws://127.0.0.1:8080/ws")]
     pub urls: Vec<String>,
     /// JWT sent as `Authorization: Bearer` by every connection (nodes with auth on).
     #[arg(long)]
     pub token: Option<String>,
+    /// PEM CA certificate trusted for `wss://` URLs (`wsgate-loadtest certs` makes one).
+    #[arg(long)]
+    pub ca: Option<PathBuf>,
     /// PID of a node process to measure (RSS, CPU); repeat for several nodes.
     #[arg(long = "node-pid")]
     pub node_pids: Vec<u32>,

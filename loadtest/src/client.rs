@@ -2,46 +2,90 @@
 //! buffers (the harness holds thousands of sockets per process), welcome read.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use futures_util::StreamExt;
 use tokio::net::{TcpSocket, TcpStream};
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+use tokio_rustls::rustls::{ClientConfig, RootCertStore};
+use tokio_rustls::TlsConnector;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
+use tokio_util::either::Either;
 
-/// A harness connection.
-pub type Ws = WebSocketStream<TcpStream>;
+/// A harness connection: plain TCP, or TLS for `wss://` targets.
+pub type Ws = WebSocketStream<Either<TcpStream, TlsStream<TcpStream>>>;
 
 /// Limit on each step of opening a connection (TCP connect, upgrade, welcome).
 const STEP_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Where connections go: the URL as given, its resolved address, and the bearer token.
-#[derive(Debug, Clone)]
+/// Where connections go: the URL as given, its resolved address, the bearer token, and for
+/// `wss://` the TLS client setup.
+#[derive(Clone)]
 pub struct Target {
-    /// `ws://host:port/path`.
+    /// `ws://host:port/path` or `wss://...`.
     pub url: String,
     /// The URL's host and port, resolved once rather than per connection.
     pub addr: SocketAddr,
     /// Sent as `Authorization: Bearer` when set.
     pub token: Option<String>,
+    /// `wss://`: the connector (trusting `--ca`) and the name the certificate must carry.
+    pub tls: Option<(TlsConnector, ServerName<'static>)>,
+}
+
+/// A TLS client trusting only the CA certificates in `ca` (PEM).
+fn tls_connector(ca: &Path) -> anyhow::Result<TlsConnector> {
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca)
+        .with_context(|| format!("reading --ca {}", ca.display()))?
+    {
+        roots.add(cert.with_context(|| format!("--ca {}", ca.display()))?)?;
+    }
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(TlsConnector::from(Arc::new(config)))
 }
 
 impl Target {
-    /// Resolves `url` (a `ws://` URL; the harness speaks no TLS).
-    pub async fn resolve(url: &str, token: Option<&str>) -> anyhow::Result<Self> {
+    /// Resolves `url`: `ws://`, or `wss://` with `ca` the CA to trust.
+    pub async fn resolve(
+        url: &str,
+        token: Option<&str>,
+        ca: Option<&Path>,
+    ) -> anyhow::Result<Self> {
         let req = url
             .into_client_request()
             .with_context(|| format!("bad URL {url}"))?;
-        if req.uri().scheme_str() != Some("ws") {
-            bail!("{url}: only ws:// URLs are supported");
-        }
+        let secure = match req.uri().scheme_str() {
+            Some("ws") => false,
+            Some("wss") => true,
+            _ => bail!("{url}: only ws:// and wss:// URLs are supported"),
+        };
         let host = req.uri().host().context("URL has no host")?;
         let host = host.trim_start_matches('[').trim_end_matches(']');
-        let port = req.uri().port_u16().unwrap_or(80);
+        let port = req
+            .uri()
+            .port_u16()
+            .unwrap_or(if secure { 443 } else { 80 });
+        let tls = if secure {
+            let ca = ca.with_context(|| format!("{url}: wss:// needs --ca"))?;
+            let name = ServerName::try_from(host.to_owned())
+                .with_context(|| format!("{host} is not a TLS server name"))?;
+            Some((tls_connector(ca)?, name))
+        } else {
+            None
+        };
         let addr = tokio::net::lookup_host((host, port))
             .await
             .with_context(|| format!("resolving {host}"))?
@@ -51,6 +95,7 @@ impl Target {
             url: url.to_owned(),
             addr,
             token: token.map(str::to_owned),
+            tls,
         })
     }
 }
@@ -96,6 +141,15 @@ pub async fn connect(target: &Target, index: usize) -> anyhow::Result<(Ws, Strin
     let config = WebSocketConfig::default()
         .read_buffer_size(4096)
         .write_buffer_size(0);
+    let stream = match &target.tls {
+        None => Either::Left(stream),
+        Some((connector, name)) => Either::Right(
+            tokio::time::timeout(STEP_TIMEOUT, connector.connect(name.clone(), stream))
+                .await
+                .context("TLS handshake timed out")?
+                .context("TLS handshake")?,
+        ),
+    };
     let (mut ws, _) = tokio::time::timeout(
         STEP_TIMEOUT,
         tokio_tungstenite::client_async_with_config(req, stream, Some(config)),
@@ -166,10 +220,19 @@ mod tests {
 
     #[tokio::test]
     async fn targets_resolve() {
-        let t = Target::resolve("ws://127.0.0.1:8080/ws", Some("x"))
+        let t = Target::resolve("ws://127.0.0.1:8080/ws", Some("x"), None)
             .await
             .unwrap();
         assert_eq!(t.addr, "127.0.0.1:8080".parse().unwrap());
-        assert!(Target::resolve("wss://127.0.0.1/ws", None).await.is_err());
+        assert!(t.tls.is_none());
+        assert!(
+            Target::resolve("wss://127.0.0.1/ws", None, None)
+                .await
+                .is_err(),
+            "needs --ca"
+        );
+        assert!(Target::resolve("http://127.0.0.1/ws", None, None)
+            .await
+            .is_err());
     }
 }

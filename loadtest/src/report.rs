@@ -114,6 +114,7 @@ pub async fn start(
         let job = Job {
             urls: common.urls.clone(),
             token: common.token.clone(),
+            ca: common.ca.clone(),
             first,
             count,
             concurrency: common.connect_concurrency as usize,

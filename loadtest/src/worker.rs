@@ -26,6 +26,9 @@ pub struct Job {
     pub urls: Vec<String>,
     /// Bearer token for every connection.
     pub token: Option<String>,
+    /// CA trusted for `wss://` URLs.
+    #[serde(default)]
+    pub ca: Option<std::path::PathBuf>,
     /// Global index of this worker's first connection (spreads source addresses and nodes).
     pub first: usize,
     /// Connections to open.
@@ -221,7 +224,7 @@ async fn run(job: Job, mut lines: Lines<BufReader<Stdin>>) -> anyhow::Result<()>
     let hard_deadline = start + Duration::from_millis(job.hard_ms);
     let mut targets = Vec::new();
     for url in &job.urls {
-        targets.push(Target::resolve(url, job.token.as_deref()).await?);
+        targets.push(Target::resolve(url, job.token.as_deref(), job.ca.as_deref()).await?);
     }
     anyhow::ensure!(!targets.is_empty(), "no URL");
     let shared = Arc::new(Shared {
