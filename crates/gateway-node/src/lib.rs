@@ -119,6 +119,7 @@ fn redis_options(config: &Config, node: NodeId) -> RedisOptions {
         affinity_ttl: c.affinity_ttl,
         node_heartbeat: c.node_heartbeat,
         ca_file: (!c.redis_ca_file.is_empty()).then(|| c.redis_ca_file.clone().into()),
+        fanout_workers: 0,
     }
 }
 

@@ -75,6 +75,7 @@ async fn redis_cluster(n: usize) -> Cluster {
             affinity_ttl: Duration::from_secs(60),
             node_heartbeat: Duration::from_millis(200),
             ca_file: None,
+            fanout_workers: 0,
         })
         .await
         .expect("connecting to the test redis-server");
@@ -396,6 +397,7 @@ async fn redis_bus_forgets_cancelled_queries() {
             affinity_ttl: Duration::from_secs(60),
             node_heartbeat: Duration::from_millis(200),
             ca_file: None,
+            fanout_workers: 0,
         })
         .await
         .unwrap(),
@@ -451,6 +453,7 @@ async fn affinity_is_written_while_the_subscriber_alone_reconnects() {
             affinity_ttl: Duration::from_secs(60),
             node_heartbeat: Duration::from_millis(200),
             ca_file: None,
+            fanout_workers: 0,
         })
         .await
         .unwrap(),
@@ -471,4 +474,89 @@ async fn affinity_is_written_while_the_subscriber_alone_reconnects() {
         "n1",
         "the record is written while the subscriber reconnects"
     );
+}
+
+/// A socket that takes every write, slowly: a fan-out to many of them is as long as one to
+/// many real sockets.
+struct SlowSocket;
+
+impl room_router::Transport for SlowSocket {
+    fn try_write(&self, buf: &[u8]) -> std::io::Result<usize> {
+        std::thread::sleep(Duration::from_micros(700));
+        Ok(buf.len())
+    }
+    fn delivered(&self, _since: std::time::Instant) {}
+}
+
+/// Remote room deliveries are not serialized behind one task: while node B fans a message
+/// out to a large room of slow sockets (about a second), a message for another room, on
+/// another fan-out worker, reaches its member at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+async fn a_large_remote_fan_out_does_not_hold_up_other_rooms() {
+    let redis = Redis::start().await;
+    let name = cluster_name();
+    let mut buses = Vec::new();
+    for i in 0..2 {
+        buses.push(Arc::new(
+            RedisBus::connect(RedisOptions {
+                url: redis.url(),
+                mode: RedisMode::Standalone,
+                cluster: name.clone(),
+                node: NodeId::new(format!("node-{i}")),
+                affinity_ttl: Duration::from_secs(60),
+                node_heartbeat: Duration::from_millis(200),
+                ca_file: None,
+                fanout_workers: 2,
+            })
+            .await
+            .unwrap(),
+        ));
+    }
+    let routers: Vec<_> = buses
+        .iter()
+        .enumerate()
+        .map(|(i, b)| Router::new(NodeId::new(format!("node-{i}")), b.clone(), options()))
+        .collect();
+    let cluster = Cluster {
+        nodes: routers,
+        _redis: None,
+    };
+    let big = room("big");
+    // A small room that node B fans out on the other worker.
+    let small = (0..)
+        .map(|i| room(&format!("small-{i}")))
+        .find(|r| buses[1].fanout_worker_of(r) != buses[1].fanout_worker_of(&big))
+        .unwrap();
+    let quick = connect(&cluster[1], Encoding::Json, 64).await;
+    cluster[1].join(&quick, &small).unwrap();
+    let mut slow = Vec::new();
+    for _ in 0..1_500 {
+        let c = connect(&cluster[1], Encoding::Json, 64).await;
+        c.outbound.attach(Box::new(SlowSocket));
+        cluster[1].join(&c, &big).unwrap();
+        slow.push(c);
+    }
+    settle(&cluster, 0, &small, &[&quick]).await;
+    // The big room's subscription: one probe through it, waited for on its last member.
+    let start = Instant::now();
+    while cluster[1].room(&big, false).await.unwrap().count < 1_500 {
+        assert!(start.elapsed() < ARRIVES);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cluster[0]
+        .publish(&big, json("\"big\""), None, false)
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let sent = Instant::now();
+    cluster[0]
+        .publish(&small, json("\"small\""), None, false)
+        .unwrap();
+    let got = frames(&quick, 1).await;
+    let waited = sent.elapsed();
+    assert_eq!(data_of(&got), vec![serde_json::json!("small")]);
+    assert!(
+        waited < Duration::from_millis(500),
+        "the small room waited {waited:?} behind the big one"
+    );
+    drop(redis);
 }

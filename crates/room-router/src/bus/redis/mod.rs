@@ -68,6 +68,9 @@ pub struct RedisOptions {
     pub node_heartbeat: Duration,
     /// PEM CA trusted for TLS (`cluster.redis_ca_file`); `None`: the system's roots.
     pub ca_file: Option<std::path::PathBuf>,
+    /// Workers fanning out room messages from other nodes, each owning its share of the
+    /// rooms; 0: one per CPU.
+    pub fanout_workers: usize,
 }
 
 mod affinity;
@@ -205,7 +208,10 @@ impl RedisBus {
             }
         }
         let (publisher, publish_rx) = Publisher::new();
-        let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let workers = match opts.fanout_workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
         let (fanout_workers, fanout_rxs): (Vec<_>, Vec<_>) =
             (0..workers).map(|_| mpsc::channel(FANOUT_QUEUE)).unzip();
         let inner = Arc::new(Inner {
@@ -301,6 +307,12 @@ impl RedisBus {
     /// Room envelopes dropped because Redis was down or slow.
     pub fn dropped(&self) -> u64 {
         self.inner.dropped.load(Ordering::Relaxed)
+    }
+
+    /// The worker that fans out `room`'s messages from other nodes: rooms of different
+    /// workers never wait for each other.
+    pub fn fanout_worker_of(&self, room: &RoomName) -> usize {
+        reader::worker_for(room, self.inner.fanout_workers.len())
     }
 
     /// Queries to other nodes waiting for their reply (each is forgotten when its asker
