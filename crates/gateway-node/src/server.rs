@@ -1,11 +1,12 @@
 //! The accept loop of both listeners, and the client listener's routes.
 //!
 //! The accept loop is ours rather than `axum::serve` so that an upgraded connection is the
-//! plain `TcpStream` underneath (the session splits it and writes to it directly), so that
-//! every accepted socket gets `TCP_NODELAY`, and so that what a connection may cost before it
-//! has sent a whole request is bounded: a header timeout, a header size limit (431), a slot
-//! taken at accept on the client listener, a connection bound on the admin listener, and a
-//! deadline on the connections still open when the listener stops.
+//! plain `TcpStream` (or the TLS stream, for wss://) underneath (the session writes to it
+//! directly), so that every accepted socket gets `TCP_NODELAY`, and so that what a connection
+//! may cost before it has sent a whole request is bounded: a header timeout (which the TLS
+//! handshake shares), a header size limit (431), a slot taken at accept on the client
+//! listener, a connection bound on the admin listener, and a deadline on the connections
+//! still open when the listener stops.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
