@@ -10,7 +10,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::Authenticator;
 use crate::config::Config;
+use crate::integration::Integrations;
 use crate::metrics::Metrics;
+use crate::routes::RouteTable;
 use crate::ws::limits::Slots;
 
 /// Read buffer per connection. tungstenite zero-fills the whole buffer before its first read,
@@ -40,6 +42,16 @@ pub struct App {
     pub hard_stop: CancellationToken,
     /// WebSocket settings of every session.
     pub ws_config: WebSocketConfig,
+    /// Frame routes and the integration client, when `[routes]` has any (SPEC section 6).
+    pub routing: Option<Routing>,
+}
+
+/// The route table and the client its integrations are called with.
+pub struct Routing {
+    /// Which integration a frame goes to.
+    pub table: RouteTable,
+    /// The calls.
+    pub integrations: Integrations,
 }
 
 impl App {
@@ -49,6 +61,7 @@ impl App {
         router: Arc<Router>,
         metrics: Arc<Metrics>,
         auth: Option<Arc<Authenticator>>,
+        routing: Option<Routing>,
     ) -> Arc<App> {
         let limits = &config.limits;
         let ws_config = WebSocketConfig::default()
@@ -66,6 +79,7 @@ impl App {
             sessions: TaskTracker::new(),
             hard_stop: CancellationToken::new(),
             ws_config,
+            routing,
         })
     }
 

@@ -24,6 +24,8 @@ pub struct Identity {
     pub rooms: Option<Vec<RoomPattern>>,
     /// The `exp` claim, Unix seconds.
     pub exp: u64,
+    /// Every claim, for integrations (`requestContext.identity.claims`).
+    pub claims: Arc<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// The claims wsgate reads; the rest (`iss`, `aud`, `nbf`) jsonwebtoken checks itself.
@@ -249,17 +251,23 @@ impl Authenticator {
             validation.set_audience(&[&self.config.audience]);
             validation.required_spec_claims.insert("aud".into());
         }
-        let data = jsonwebtoken::decode::<Claims>(token, key, &validation).map_err(|e| match e
-            .kind()
-        {
+        let data = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
+            token,
+            key,
+            &validation,
+        )
+        .map_err(|e| match e.kind() {
             jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
             _ => AuthError::Invalid(e.to_string()),
         })?;
-        let Claims { exp, sub, rooms } = data.claims;
+        let Claims { exp, sub, rooms } =
+            serde_json::from_value(serde_json::Value::Object(data.claims.clone()))
+                .map_err(|e| AuthError::Invalid(format!("claims: {e}")))?;
         Ok(Identity {
             sub,
             rooms: rooms.map(|r| r.iter().map(RoomPattern::new).collect()),
             exp,
+            claims: Arc::new(data.claims),
         })
     }
 
@@ -425,6 +433,7 @@ mod tests {
             sub: None,
             rooms: None,
             exp: 0,
+            claims: Arc::default(),
         };
         assert!(room_allowed(Some(&id), RoomPolicy::Allow, "x"));
         assert!(!room_allowed(Some(&id), RoomPolicy::Deny, "x"));

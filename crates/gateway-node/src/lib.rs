@@ -8,6 +8,8 @@
 //! - [`ws`]: the handshake, the session loop, writing, remote sends, limits.
 //! - [`auth`]: token lookup and verification, room permissions; [`jwks`]: key sets by `kid`.
 //! - [`tls`]: the wss:// certificate, reloaded on SIGHUP.
+//! - [`routes`], [`integration`]: route selection for client frames and the HTTP calls to
+//!   their backends (API-gateway mode).
 //! - [`admin`]: health, metrics and the management API.
 //! - [`metrics`]: metric names and registry; deliveries counted once per fan-out.
 //! - [`drain`]: the SIGTERM sequence.
@@ -24,8 +26,10 @@ pub mod cli;
 pub mod config;
 pub mod drain;
 pub mod error;
+pub mod integration;
 pub mod jwks;
 pub mod metrics;
+pub mod routes;
 pub mod server;
 pub mod telemetry;
 pub mod tls;
@@ -62,6 +66,7 @@ pub struct Listeners {
 /// would refuse at start. `check-config` runs it too, so a configuration it accepts starts.
 pub fn preflight(config: &Config) -> anyhow::Result<Option<Authenticator>> {
     check_supported(config)?;
+    routes::RouteTable::from_config(&config.routes)?;
     if !config.server.tls_cert_file.is_empty() {
         tls::Tls::new(
             config.server.tls_cert_file.as_ref(),
@@ -83,7 +88,10 @@ pub fn preflight(config: &Config) -> anyhow::Result<Option<Authenticator>> {
 /// Refuses configuration this version cannot honour yet, rather than ignoring it silently.
 fn check_supported(config: &Config) -> anyhow::Result<()> {
     let unsupported = [
-        (config.routes.any(), "[routes] integrations"),
+        (
+            config.routes.connect.is_some() || config.routes.disconnect.is_some(),
+            "[routes.connect] and [routes.disconnect]",
+        ),
         (!config.history.is_empty(), "[[history]]"),
         (
             config.presence.iter().any(|p| p.events),
@@ -189,7 +197,15 @@ pub async fn run(
         },
     );
     let metrics = Metrics::new(router.clone(), deliveries);
-    let app = App::new(config.clone(), router, metrics, auth);
+    let routing = match routes::RouteTable::from_config(&config.routes)? {
+        None => None,
+        Some(table) => Some(app::Routing {
+            table,
+            integrations: integration::Integrations::new(node.clone())
+                .context("building the integration HTTP client")?,
+        }),
+    };
+    let app = App::new(config.clone(), router, metrics, auth, routing);
 
     let client_addr = listeners.client.local_addr()?;
     let admin_addr = listeners.admin.local_addr()?;

@@ -9,8 +9,13 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
+use std::future::Future;
+use std::pin::Pin;
+
+use futures_util::stream::FuturesUnordered;
 use futures_util::{SinkExt, StreamExt};
 use protocol::codec::{decode_client, request_id};
+use protocol::frame::RoutedFrame;
 use protocol::{ClientFrame, CloseCode, ErrorCode, RequestId, ServerFrame};
 use room_router::{ConnHandle, Flush, PushError, RouterError};
 use tokio::time::{Duration, Instant};
@@ -21,6 +26,8 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use crate::app::App;
 use crate::auth::{room_allowed, Identity};
 use crate::error::Failure;
+use crate::integration::{answer_data, Answer, Caller, CONNECTION_IN_FLIGHT};
+use crate::routes::Selected;
 use crate::ws::limits::RateLimiter;
 use crate::ws::outbound::{self, flush_all, SessionIo, WriteSide};
 use crate::ws::sends::{Done, Pending, SendQueue};
@@ -80,6 +87,17 @@ pub struct Session {
     blocked: bool,
     /// `send`s waiting on the cluster, answered in order while the loop goes on.
     sends: SendQueue,
+    /// Integration calls of routed frames, answered as they finish (SPEC section 6: they
+    /// never block the connection's other frames).
+    calls: FuturesUnordered<Pin<Box<dyn Future<Output = CallDone> + Send>>>,
+}
+
+/// A finished integration call.
+struct CallDone {
+    id: Option<RequestId>,
+    route_key: String,
+    response: bool,
+    result: Result<Answer, String>,
 }
 
 /// Bounds a write: a client that stops reading cannot hold the session forever.
@@ -123,6 +141,7 @@ impl Session {
             rate: RateLimiter::new(limits.messages_per_second, limits.messages_burst, now),
             next_ping: now + app.config.server.heartbeat,
             sends,
+            calls: FuturesUnordered::new(),
             app,
             conn,
             identity,
@@ -241,6 +260,11 @@ impl Session {
                     }
                 }
                 done = self.sends.next(), if !self.sends.is_empty() => self.on_send_done(done),
+                done = self.calls.next(), if !self.calls.is_empty() => {
+                    if let Some(done) = done {
+                        self.on_call_done(done);
+                    }
+                }
                 msg = self.ws.next() => {
                     if let Some(end) = self.on_message(msg).await {
                         return end;
@@ -375,6 +399,9 @@ impl Session {
         #[cfg(test)]
         tests::panic_probe(&frame);
         if let ClientFrame::Routed(r) = &frame {
+            if self.app.routing.is_some() {
+                return self.route(r);
+            }
             if r.action.is_none() {
                 return self.bad_frame(r.id.clone(), "missing field `action`");
             }
@@ -453,6 +480,104 @@ impl Session {
             }
         }
         None
+    }
+
+    /// Sends a routed frame to its integration (SPEC section 6), beside the session loop.
+    fn route(&mut self, r: &RoutedFrame) -> Option<End> {
+        let routing = self.app.routing.as_ref()?;
+        let frame = match r.to_json_value() {
+            Ok(v) => v,
+            Err(e) => return self.bad_frame(r.id.clone(), &e.to_string()),
+        };
+        let (route, route_key) = match routing.table.select(&frame) {
+            Selected::Route(route, key) => (route.clone(), key),
+            Selected::Unknown(key) => {
+                self.bad_frames = 0;
+                self.error(
+                    r.id.clone(),
+                    ErrorCode::UnknownAction,
+                    &format!("no route for {key:?}"),
+                );
+                return None;
+            }
+            Selected::NoKey => {
+                return self.bad_frame(
+                    r.id.clone(),
+                    "the frame has no route key (routes.selection_expression)",
+                )
+            }
+        };
+        self.bad_frames = 0;
+        if self.calls.len() >= CONNECTION_IN_FLIGHT {
+            self.error(
+                r.id.clone(),
+                ErrorCode::RateLimited,
+                "too many integration calls in flight on this connection",
+            );
+            return None;
+        }
+        let Some(permit) = routing.integrations.slot() else {
+            self.error(
+                r.id.clone(),
+                ErrorCode::Unavailable,
+                "too many integration calls in flight on this node",
+            );
+            return None;
+        };
+        let caller = Caller {
+            connection_id: self.conn.id.clone(),
+            connected_at: self.conn.info.connected_at,
+            source_ip: self.conn.info.source_ip.to_string(),
+            sub: self.identity.as_ref().and_then(|i| i.sub.clone()),
+            claims: self
+                .identity
+                .as_ref()
+                .map(|i| i.claims.clone())
+                .unwrap_or_default(),
+        };
+        let request = routing
+            .integrations
+            .message_request(&route_key, &caller, frame);
+        let app = self.app.clone();
+        let id = r.id.clone();
+        self.calls.push(Box::pin(async move {
+            let _permit = permit;
+            let result = match app.routing.as_ref() {
+                Some(routing) => routing.integrations.call(&route, &request).await,
+                None => Err("no routes".into()),
+            };
+            CallDone {
+                id,
+                route_key,
+                response: route.response,
+                result,
+            }
+        }));
+        None
+    }
+
+    /// Answers a finished integration call: `route_response`, an `ack`, or
+    /// `integration_failed`.
+    fn on_call_done(&mut self, done: CallDone) {
+        match done.result {
+            Ok(answer) if (200..300).contains(&answer.status) => {
+                if done.response {
+                    self.reply(&ServerFrame::RouteResponse {
+                        route: done.route_key,
+                        id: done.id,
+                        data: answer_data(&answer.body),
+                    });
+                } else {
+                    self.ack(done.id, None, None);
+                }
+            }
+            Ok(answer) => self.error(
+                done.id,
+                ErrorCode::IntegrationFailed,
+                &format!("the integration answered {}", answer.status),
+            ),
+            Err(what) => self.error(done.id, ErrorCode::IntegrationFailed, &what),
+        }
     }
 
     /// Answers a finished `send`.
@@ -565,7 +690,7 @@ mod tests {
         );
         let metrics =
             crate::metrics::Metrics::new(router.clone(), crate::metrics::DeliveryMetrics::new());
-        let app = App::new(config.clone(), router, metrics, None);
+        let app = App::new(config.clone(), router, metrics, None, None);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let stop = tokio_util::sync::CancellationToken::new();

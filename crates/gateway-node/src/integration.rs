@@ -1,0 +1,126 @@
+//! HTTP integrations (SPEC section 6): what a route's backend receives, sent over one shared,
+//! pooled client, with a bound on the calls in flight per node (per connection, the session
+//! bounds its own).
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use protocol::{ConnectionId, NodeId};
+use serde_json::{json, Value};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::routes::Route;
+
+/// Integration calls in flight on one node, at most: past it a frame gets `unavailable`
+/// rather than a queue that grows while a backend is slow.
+pub const NODE_IN_FLIGHT: usize = 1_024;
+
+/// Integration calls in flight for one connection, at most: past it a frame gets
+/// `rate_limited`.
+pub const CONNECTION_IN_FLIGHT: usize = 16;
+
+/// The connection a call is made for: what `requestContext` says about it.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// Its id (the one in its welcome).
+    pub connection_id: ConnectionId,
+    /// When it connected.
+    pub connected_at: SystemTime,
+    /// The TCP peer.
+    pub source_ip: String,
+    /// The token's `sub`.
+    pub sub: Option<String>,
+    /// Every claim of its token (`{}` when anonymous).
+    pub claims: Arc<serde_json::Map<String, Value>>,
+}
+
+/// A backend's answer.
+#[derive(Debug)]
+pub struct Answer {
+    /// The HTTP status.
+    pub status: u16,
+    /// The body, as sent.
+    pub body: Bytes,
+}
+
+/// The node's integration client.
+pub struct Integrations {
+    client: reqwest::Client,
+    node: NodeId,
+    in_flight: Arc<Semaphore>,
+}
+
+impl Integrations {
+    /// A pooled client for this node's calls.
+    pub fn new(node: NodeId) -> anyhow::Result<Integrations> {
+        Ok(Integrations {
+            client: reqwest::Client::builder()
+                .pool_max_idle_per_host(64)
+                .build()?,
+            node,
+            in_flight: Arc::new(Semaphore::new(NODE_IN_FLIGHT)),
+        })
+    }
+
+    /// The `MESSAGE` request for a routed frame (as JSON).
+    pub fn message_request(&self, route_key: &str, caller: &Caller, frame: Value) -> Value {
+        json!({
+            "requestContext": {
+                "routeKey": route_key,
+                "eventType": "MESSAGE",
+                "connectionId": caller.connection_id.as_str(),
+                "nodeId": self.node.as_str(),
+                "requestId": ConnectionId::random().as_str(),
+                "connectedAt": humantime::format_rfc3339_millis(caller.connected_at).to_string(),
+                "identity": {
+                    "sourceIp": caller.source_ip,
+                    "sub": caller.sub,
+                    "claims": Value::Object((*caller.claims).clone()),
+                },
+            },
+            "body": frame,
+        })
+    }
+
+    /// A slot for one more call on this node; `None` when [`NODE_IN_FLIGHT`] are in flight.
+    pub fn slot(&self) -> Option<OwnedSemaphorePermit> {
+        self.in_flight.clone().try_acquire_owned().ok()
+    }
+
+    /// POSTs `request` to the route within its timeout. `Err` says what failed (unreachable,
+    /// timed out, unreadable answer); any status is an `Answer`.
+    pub async fn call(&self, route: &Route, request: &Value) -> Result<Answer, String> {
+        let sent = self
+            .client
+            .post(route.url.clone())
+            .timeout(route.timeout)
+            .json(request)
+            .send()
+            .await
+            .map_err(|e| describe(&e))?;
+        let status = sent.status().as_u16();
+        let body = sent.bytes().await.map_err(|e| describe(&e))?;
+        Ok(Answer { status, body })
+    }
+}
+
+fn describe(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        "the integration timed out".into()
+    } else if e.is_connect() {
+        "the integration is unreachable".into()
+    } else {
+        "the integration call failed".into()
+    }
+}
+
+/// The `data` of a `route_response`: the answer parsed as JSON, else the text.
+pub fn answer_data(body: &Bytes) -> protocol::Payload {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(v) => protocol::Payload::from_json_value(&v),
+        Err(_) => protocol::Payload::from_json_value(&Value::String(
+            String::from_utf8_lossy(body).into_owned(),
+        )),
+    }
+}

@@ -1,0 +1,207 @@
+//! SPEC section 6, client frames: route selection and HTTP integrations against a real HTTP
+//! backend on loopback that records what it receives.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use wsgate_tests::*;
+
+/// An HTTP backend: records each request's path and JSON body; answers by path.
+struct Backend {
+    addr: std::net::SocketAddr,
+    seen: Arc<Mutex<Vec<(String, Value)>>>,
+}
+
+impl Backend {
+    async fn start() -> Backend {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let record = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let record = record.clone();
+                tokio::spawn(async move {
+                    let mut got = Vec::new();
+                    let mut buf = [0u8; 8192];
+                    let (head_end, length) = loop {
+                        match tcp.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => got.extend_from_slice(&buf[..n]),
+                        }
+                        if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&got[..i]).to_lowercase();
+                            let length = head
+                                .lines()
+                                .find_map(|l| l.strip_prefix("content-length:"))
+                                .and_then(|v| v.trim().parse::<usize>().ok())
+                                .unwrap_or(0);
+                            break (i + 4, length);
+                        }
+                    };
+                    while got.len() < head_end + length {
+                        match tcp.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => got.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&got[..head_end]).into_owned();
+                    let path = head.split_whitespace().nth(1).unwrap_or("").to_owned();
+                    let body: Value = serde_json::from_slice(&got[head_end..head_end + length])
+                        .unwrap_or(Value::Null);
+                    record.lock().unwrap().push((path.clone(), body.clone()));
+                    let (status, answer) = match path.as_str() {
+                        "/echo" => ("200 OK", json!({"got": body["body"]}).to_string()),
+                        "/text" => ("200 OK", "plain words".to_owned()),
+                        "/ok" => ("204 No Content", String::new()),
+                        "/fail" => ("500 Internal Server Error", "{}".to_owned()),
+                        "/slow" => {
+                            tokio::time::sleep(Duration::from_secs(3)).await;
+                            ("200 OK", "{}".to_owned())
+                        }
+                        _ => ("404 Not Found", "{}".to_owned()),
+                    };
+                    let resp = format!(
+                        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
+                        answer.len()
+                    );
+                    let _ = tcp.write_all(resp.as_bytes()).await;
+                });
+            }
+        });
+        Backend { addr, seen }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    fn seen(&self) -> Vec<(String, Value)> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+fn routes(b: &Backend, default: bool) -> String {
+    let mut c = format!(
+        "[routes.custom.echo]\nurl = \"{}\"\nresponse = true\n\
+         [routes.custom.text]\nurl = \"{}\"\nresponse = true\n\
+         [routes.custom.fire]\nurl = \"{}\"\n\
+         [routes.custom.broken]\nurl = \"{}\"\n\
+         [routes.custom.slow]\nurl = \"{}\"\ntimeout = \"300ms\"\n",
+        b.url("/echo"),
+        b.url("/text"),
+        b.url("/ok"),
+        b.url("/fail"),
+        b.url("/slow"),
+    );
+    if default {
+        c.push_str(&format!("[routes.default]\nurl = \"{}\"\n", b.url("/ok")));
+    }
+    c
+}
+
+#[tokio::test]
+async fn custom_routes_answer_ack_or_fail_and_the_backend_gets_the_request_context() {
+    let backend = Backend::start().await;
+    let node = Node::start(&routes(&backend, false)).await;
+    let mut c = node.connect().await;
+
+    let frame = json!({"action":"echo","id":1,"payload":{"n":5}});
+    let answer = c.request(frame.clone()).await;
+    assert_eq!(answer["type"], "route_response");
+    assert_eq!(answer["route"], "echo");
+    assert_eq!(answer["data"], json!({"got": frame}));
+    let (path, req) = backend.seen().last().cloned().unwrap();
+    assert_eq!(path, "/echo");
+    let ctx = &req["requestContext"];
+    assert_eq!(ctx["routeKey"], "echo");
+    assert_eq!(ctx["eventType"], "MESSAGE");
+    assert_eq!(ctx["connectionId"], c.welcome["connection_id"]);
+    assert_eq!(ctx["nodeId"], node.node_id.as_str());
+    assert!(ctx["requestId"].as_str().is_some_and(|s| !s.is_empty()));
+    assert!(ctx["connectedAt"]
+        .as_str()
+        .is_some_and(|s| s.ends_with('Z')));
+    assert_eq!(ctx["identity"]["sourceIp"], "127.0.0.1");
+    assert_eq!(req["body"], frame);
+
+    let text = c.request(json!({"action":"text","id":"t"})).await;
+    assert_eq!(
+        (text["type"].as_str(), text["data"].as_str()),
+        (Some("route_response"), Some("plain words"))
+    );
+    assert_eq!(
+        c.request(json!({"action":"fire","id":2})).await["type"],
+        "ack"
+    );
+    let failed = c.request(json!({"action":"broken","id":3})).await;
+    assert_eq!(
+        (failed["type"].as_str(), failed["code"].as_str()),
+        (Some("error"), Some("integration_failed"))
+    );
+    let unknown = c.request(json!({"action":"nope","id":4})).await;
+    assert_eq!(unknown["code"], "unknown_action");
+    let keyless = c.request(json!({"id":5,"action":{"not":"a key"}})).await;
+    assert_eq!(keyless["code"], "bad_request");
+}
+
+#[tokio::test]
+async fn a_slow_integration_blocks_no_other_frame_and_times_out() {
+    let backend = Backend::start().await;
+    let node = Node::start(&routes(&backend, false)).await;
+    let mut c = node.connect().await;
+    let start = std::time::Instant::now();
+    c.send(json!({"action":"slow","id":"s"})).await;
+    assert_eq!(
+        c.request(json!({"action":"ping","id":"p"})).await["type"],
+        "pong"
+    );
+    assert!(
+        start.elapsed() < Duration::from_millis(250),
+        "{:?}",
+        start.elapsed()
+    );
+    let answer = c.request(json!({"action":"ping","id":"wait"})).await;
+    assert_eq!(answer["type"], "pong");
+    let failed = loop {
+        let f = c.recv().await;
+        if f["id"] == "s" {
+            break f;
+        }
+    };
+    assert_eq!(failed["code"], "integration_failed");
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "the route's timeout: {:?}",
+        start.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn unknown_and_keyless_frames_go_to_default_when_configured() {
+    let backend = Backend::start().await;
+    let node = Node::start(&routes(&backend, true)).await;
+    let mut c = node.connect().await;
+    assert_eq!(
+        c.request(json!({"action":"nope","id":1})).await["type"],
+        "ack"
+    );
+    assert_eq!(c.request(json!({"id":2})).await["type"], "ack");
+    let keys: Vec<_> = backend
+        .seen()
+        .iter()
+        .map(|(_, r)| r["requestContext"]["routeKey"].clone())
+        .collect();
+    assert_eq!(keys, vec![json!("$default"), json!("$default")]);
+    // Built-in actions are never routed.
+    assert_eq!(
+        c.request(json!({"action":"ping","id":3})).await["type"],
+        "pong"
+    );
+    assert_eq!(backend.seen().len(), 2);
+}
