@@ -58,7 +58,12 @@ impl Backend {
                     let (status, answer) = match path.as_str() {
                         "/echo" => ("200 OK", json!({"got": body["body"]}).to_string()),
                         "/text" => ("200 OK", "plain words".to_owned()),
-                        "/ok" => ("204 No Content", String::new()),
+                        "/ok" | "/disconnect" => ("204 No Content", String::new()),
+                        "/connect-ok" => (
+                            "200 OK",
+                            json!({"rooms": ["a", "b", "not a room!"]}).to_string(),
+                        ),
+                        "/connect-deny" => ("403 Forbidden", "{}".to_owned()),
                         "/fail" => ("500 Internal Server Error", "{}".to_owned()),
                         "/slow" => {
                             tokio::time::sleep(Duration::from_secs(3)).await;
@@ -204,4 +209,117 @@ async fn unknown_and_keyless_frames_go_to_default_when_configured() {
         "pong"
     );
     assert_eq!(backend.seen().len(), 2);
+}
+
+fn connect_config(b: &Backend, connect_path: &str) -> String {
+    format!(
+        "[auth]\njwt_secret = \"s\"\n\
+         [routes.connect]\nurl = \"{}\"\n\
+         [routes.disconnect]\nurl = \"{}\"\n",
+        b.url(connect_path),
+        b.url("/disconnect"),
+    )
+}
+
+#[tokio::test]
+async fn connect_joins_the_rooms_it_names_and_disconnect_gets_the_close() {
+    let backend = Backend::start().await;
+    let config = connect_config(&backend, "/connect-ok");
+    let node = Node::start(&config).await;
+    let token = mint_token(&config, "alice", None, "1h").unwrap();
+    let url = format!("{}?jwt={token}&room=lobby", node.ws_url());
+    let mut req =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url)
+            .unwrap();
+    req.headers_mut().insert("x-trace", "t1".parse().unwrap());
+    let mut c = Client::connect(req).await.unwrap();
+    // Joined before the welcome: the management API shows the rooms at once.
+    let (_, view) = node.get(&format!("/@connections/{}", c.id())).await;
+    let mut rooms: Vec<_> = view["rooms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap().to_owned())
+        .collect();
+    rooms.sort();
+    assert_eq!(rooms, ["a", "b"]);
+    let (path, req) = backend.seen()[0].clone();
+    assert_eq!(path, "/connect-ok");
+    let ctx = &req["requestContext"];
+    assert_eq!(
+        (ctx["routeKey"].as_str(), ctx["eventType"].as_str()),
+        (Some("$connect"), Some("CONNECT"))
+    );
+    assert_eq!(
+        ctx["connectionId"], c.welcome["connection_id"],
+        "the id the welcome gives"
+    );
+    assert_eq!(ctx["identity"]["sub"], "alice");
+    assert_eq!(ctx["identity"]["claims"]["sub"], "alice");
+    assert_eq!(req["headers"]["x-trace"], "t1");
+    assert_eq!(
+        req["queryStringParameters"],
+        json!({"room": "lobby"}),
+        "the token is not forwarded"
+    );
+    assert!(!req["headers"]
+        .as_object()
+        .unwrap()
+        .contains_key("authorization"));
+
+    // A client close reaches $disconnect with its code.
+    c.ws.close(None).await.unwrap();
+    eventually("$disconnect after a client close", || async {
+        backend
+            .seen()
+            .iter()
+            .any(|(p, r)| p == "/disconnect" && r["requestContext"]["disconnectStatusCode"] == 1005)
+    })
+    .await;
+    // And a server-side close with its code: 4002 through the management API.
+    let c2 = connect_bearer(&node, &token).await.unwrap();
+    let status = reqwest::Client::new()
+        .delete(node.admin_url(&format!("/@connections/{}", c2.id())))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 204);
+    eventually("$disconnect after a 4002", || async {
+        backend.seen().iter().any(|(p, r)| {
+            p == "/disconnect"
+                && r["requestContext"]["disconnectStatusCode"] == 4002
+                && r["requestContext"]["eventType"] == "DISCONNECT"
+        })
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn connect_refusals_pass_their_status_and_an_unreachable_one_is_502() {
+    let backend = Backend::start().await;
+    let config = connect_config(&backend, "/connect-deny");
+    let node = Node::start(&config).await;
+    let token = mint_token(&config, "bob", None, "1h").unwrap();
+    let (status, body, _) = refusal(connect_bearer(&node, &token).await.err().unwrap());
+    assert_eq!((status, body["error"].as_str()), (403, Some("forbidden")));
+    // A token is still checked first: no token, no $connect call.
+    let calls = backend.seen().len();
+    let (status, _, _) = refusal(node.connect_req(|_| {}).await.err().unwrap());
+    assert_eq!(status, 401);
+    assert_eq!(backend.seen().len(), calls);
+
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let config = format!(
+        "[auth]\njwt_secret = \"s\"\n[routes.connect]\nurl = \"http://127.0.0.1:{port}/connect\"\n"
+    );
+    let node = Node::start(&config).await;
+    let (status, body, _) = refusal(connect_bearer(&node, &token).await.err().unwrap());
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (502, Some("integration_failed"))
+    );
 }

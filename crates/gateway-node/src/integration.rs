@@ -63,24 +63,73 @@ impl Integrations {
         })
     }
 
+    fn context(&self, route_key: &str, event: &str, caller: &Caller) -> Value {
+        json!({
+            "routeKey": route_key,
+            "eventType": event,
+            "connectionId": caller.connection_id.as_str(),
+            "nodeId": self.node.as_str(),
+            "requestId": ConnectionId::random().as_str(),
+            "connectedAt": humantime::format_rfc3339_millis(caller.connected_at).to_string(),
+            "identity": {
+                "sourceIp": caller.source_ip,
+                "sub": caller.sub,
+                "claims": Value::Object((*caller.claims).clone()),
+            },
+        })
+    }
+
     /// The `MESSAGE` request for a routed frame (as JSON).
     pub fn message_request(&self, route_key: &str, caller: &Caller, frame: Value) -> Value {
         json!({
-            "requestContext": {
-                "routeKey": route_key,
-                "eventType": "MESSAGE",
-                "connectionId": caller.connection_id.as_str(),
-                "nodeId": self.node.as_str(),
-                "requestId": ConnectionId::random().as_str(),
-                "connectedAt": humantime::format_rfc3339_millis(caller.connected_at).to_string(),
-                "identity": {
-                    "sourceIp": caller.source_ip,
-                    "sub": caller.sub,
-                    "claims": Value::Object((*caller.claims).clone()),
-                },
-            },
+            "requestContext": self.context(route_key, "MESSAGE", caller),
             "body": frame,
         })
+    }
+
+    /// The `CONNECT` request: the handshake's headers (names lower-case, repeats joined with
+    /// `, `) and query parameters, without `Authorization` and the token's query parameters.
+    pub fn connect_request(
+        &self,
+        caller: &Caller,
+        headers: &http::HeaderMap,
+        query: Option<&str>,
+        token_params: &[String],
+    ) -> Value {
+        let mut hs = serde_json::Map::new();
+        for name in headers.keys() {
+            if name == http::header::AUTHORIZATION {
+                continue;
+            }
+            let joined: Vec<&str> = headers
+                .get_all(name)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect();
+            hs.insert(name.as_str().to_owned(), Value::String(joined.join(", ")));
+        }
+        let mut qs = serde_json::Map::new();
+        let pairs: Vec<(String, String)> = query
+            .and_then(|q| serde_urlencoded::from_str(q).ok())
+            .unwrap_or_default();
+        for (k, v) in pairs {
+            if !token_params.contains(&k) {
+                qs.insert(k, Value::String(v));
+            }
+        }
+        json!({
+            "requestContext": self.context("$connect", "CONNECT", caller),
+            "headers": hs,
+            "queryStringParameters": qs,
+        })
+    }
+
+    /// The `DISCONNECT` request, with the close code and reason.
+    pub fn disconnect_request(&self, caller: &Caller, code: u16, reason: &str) -> Value {
+        let mut context = self.context("$disconnect", "DISCONNECT", caller);
+        context["disconnectStatusCode"] = json!(code);
+        context["disconnectReason"] = json!(reason);
+        json!({ "requestContext": context })
     }
 
     /// A slot for one more call on this node; `None` when [`NODE_IN_FLIGHT`] are in flight.

@@ -88,10 +88,6 @@ pub fn preflight(config: &Config) -> anyhow::Result<Option<Authenticator>> {
 /// Refuses configuration this version cannot honour yet, rather than ignoring it silently.
 fn check_supported(config: &Config) -> anyhow::Result<()> {
     let unsupported = [
-        (
-            config.routes.connect.is_some() || config.routes.disconnect.is_some(),
-            "[routes.connect] and [routes.disconnect]",
-        ),
         (!config.history.is_empty(), "[[history]]"),
         (
             config.presence.iter().any(|p| p.events),

@@ -49,20 +49,24 @@ pub enum Selected<'a> {
     NoKey,
 }
 
-/// The routes of `[routes]` for client frames (`$connect` and `$disconnect` aside).
+/// The routes of `[routes]`.
 #[derive(Debug)]
 pub struct RouteTable {
     /// The dotted path after `$request.body.`.
     path: Vec<String>,
     custom: HashMap<String, Route>,
     default: Option<Route>,
+    /// `$connect`: asked before the upgrade.
+    pub connect: Option<Route>,
+    /// `$disconnect`: told after the close.
+    pub disconnect: Option<Route>,
 }
 
 impl RouteTable {
-    /// The table, or `None` when no frame route is configured.
+    /// The table, or `None` when no route is configured.
     pub fn from_config(c: &RoutesConfig) -> anyhow::Result<Option<RouteTable>> {
         let path = parse_expression(&c.selection_expression)?;
-        if c.custom.is_empty() && c.default.is_none() {
+        if !c.any() {
             return Ok(None);
         }
         let custom = c
@@ -75,10 +79,22 @@ impl RouteTable {
             .as_ref()
             .map(|r| Route::from_config(DEFAULT_KEY, r))
             .transpose()?;
+        let connect = c
+            .connect
+            .as_ref()
+            .map(|r| Route::from_config("$connect", r))
+            .transpose()?;
+        let disconnect = c
+            .disconnect
+            .as_ref()
+            .map(|r| Route::from_config("$disconnect", r))
+            .transpose()?;
         Ok(Some(RouteTable {
             path,
             custom,
             default,
+            connect,
+            disconnect,
         }))
     }
 

@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use protocol::codec::{negotiate, Negotiated};
-use protocol::{ConnectionId, ErrorCode};
+use protocol::{ConnectionId, ErrorCode, RoomName};
 use room_router::{ConnHandle, ConnInfo, QueueLimits, SessionKind};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -20,6 +20,7 @@ use tokio_tungstenite::WebSocketStream;
 
 use crate::app::App;
 use crate::error::ApiError;
+use crate::integration::Caller;
 use crate::ws::limits::{PendingSlot, Slot, SlotError};
 use crate::ws::outbound::{ReadSide, SessionIo, SocketTransport, WriteSide};
 use crate::ws::session::Session;
@@ -57,6 +58,89 @@ impl Drop for Taken {
             home.give_back(slot);
         }
     }
+}
+
+/// Asks `$connect`, when configured (SPEC section 6): a 2xx accepts, and `{"rooms": [...]}`
+/// names rooms to join before the welcome; a 4xx or 5xx refuses with that status; anything
+/// else (unreachable, timed out, another status) refuses with 502 `integration_failed`.
+async fn connect_route(
+    app: &App,
+    caller: &Caller,
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> Result<Vec<RoomName>, ApiError> {
+    let Some(routing) = &app.routing else {
+        return Ok(Vec::new());
+    };
+    let Some(route) = &routing.table.connect else {
+        return Ok(Vec::new());
+    };
+    let token_params = app
+        .auth
+        .as_ref()
+        .map(|a| a.config().query_params.clone())
+        .unwrap_or_default();
+    let request = routing
+        .integrations
+        .connect_request(caller, headers, query, &token_params);
+    let Some(_slot) = routing.integrations.slot() else {
+        return Err(ApiError::unavailable(
+            "too many integration calls in flight on this node",
+        ));
+    };
+    match routing.integrations.call(route, &request).await {
+        Ok(answer) if (200..300).contains(&answer.status) => Ok(connect_rooms(&answer.body)),
+        Ok(answer) if (400..600).contains(&answer.status) => {
+            let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::FORBIDDEN);
+            let code = match answer.status {
+                400 => ErrorCode::BadRequest,
+                401 => ErrorCode::Unauthorized,
+                403 => ErrorCode::Forbidden,
+                404 => ErrorCode::NotFound,
+                429 => ErrorCode::RateLimited,
+                503 => ErrorCode::Unavailable,
+                _ => ErrorCode::IntegrationFailed,
+            };
+            Err(ApiError::new(
+                status,
+                code,
+                "refused by the $connect integration",
+            ))
+        }
+        Ok(answer) => Err(ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            ErrorCode::IntegrationFailed,
+            format!("the $connect integration answered {}", answer.status),
+        )),
+        Err(what) => Err(ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            ErrorCode::IntegrationFailed,
+            format!("$connect: {what}"),
+        )),
+    }
+}
+
+/// The valid room names of a `$connect` answer's `{"rooms": [...]}`; anything else is none.
+fn connect_rooms(body: &[u8]) -> Vec<RoomName> {
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        #[serde(default)]
+        rooms: Vec<String>,
+    }
+    serde_json::from_slice::<Answer>(body)
+        .map(|a| {
+            a.rooms
+                .iter()
+                .filter_map(|r| match RoomName::parse(r) {
+                    Ok(room) => Some(room),
+                    Err(e) => {
+                        tracing::warn!(room = %r, error = %e, "$connect named an invalid room");
+                        None
+                    }
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The upgrade handler.
@@ -178,12 +262,28 @@ pub async fn upgrade(
             }
         }
     };
+    let id = ConnectionId::random();
+    let connected_at = SystemTime::now();
+    let caller = Caller {
+        connection_id: id.clone(),
+        connected_at,
+        source_ip: peer.ip().to_string(),
+        sub: identity.as_ref().and_then(|i| i.sub.clone()),
+        claims: identity
+            .as_ref()
+            .map(|i| i.claims.clone())
+            .unwrap_or_default(),
+    };
+    let rooms = match connect_route(&app, &caller, req.headers(), req.uri().query()).await {
+        Ok(rooms) => rooms,
+        Err(refusal) => return refusal.into_response(),
+    };
     let Some(on_upgrade) = req.extensions_mut().remove::<OnUpgrade>() else {
         return ApiError::bad_request("connection cannot be upgraded").into_response();
     };
 
     let conn = Arc::new(ConnHandle::new(
-        ConnectionId::random(),
+        id,
         encoding,
         QueueLimits {
             frames: app.config.limits.outbound_queue,
@@ -193,7 +293,7 @@ pub async fn upgrade(
             source_ip: peer.ip(),
             source_port: peer.port(),
             sub: identity.as_ref().and_then(|i| i.sub.clone()),
-            connected_at: SystemTime::now(),
+            connected_at,
             kind: SessionKind::Room,
             path: req.uri().path().to_owned(),
             upstream: None,
@@ -249,7 +349,7 @@ pub async fn upgrade(
         let ws =
             WebSocketStream::from_raw_socket(io, Role::Server, Some(session_app.ws_config)).await;
         Session::new(session_app, conn, identity, ws, write)
-            .run()
+            .run(caller, rooms)
             .await;
         drop(slot);
     });

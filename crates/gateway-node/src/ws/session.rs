@@ -16,7 +16,7 @@ use futures_util::stream::FuturesUnordered;
 use futures_util::{SinkExt, StreamExt};
 use protocol::codec::{decode_client, request_id};
 use protocol::frame::RoutedFrame;
-use protocol::{ClientFrame, CloseCode, ErrorCode, RequestId, ServerFrame};
+use protocol::{ClientFrame, CloseCode, ErrorCode, RequestId, RoomName, ServerFrame};
 use room_router::{ConnHandle, Flush, PushError, RouterError};
 use tokio::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
@@ -90,6 +90,8 @@ pub struct Session {
     /// Integration calls of routed frames, answered as they finish (SPEC section 6: they
     /// never block the connection's other frames).
     calls: FuturesUnordered<Pin<Box<dyn Future<Output = CallDone> + Send>>>,
+    /// The code and reason of the client's close frame, once it sent one.
+    peer_close: Option<(u16, String)>,
 }
 
 /// A finished integration call.
@@ -142,6 +144,7 @@ impl Session {
             next_ping: now + app.config.server.heartbeat,
             sends,
             calls: FuturesUnordered::new(),
+            peer_close: None,
             app,
             conn,
             identity,
@@ -157,8 +160,9 @@ impl Session {
         }
     }
 
-    /// Runs the connection to its end.
-    pub async fn run(mut self) {
+    /// Runs the connection to its end: registers it, joins the rooms `$connect` named,
+    /// welcomes it, serves it, closes it, and tells `$disconnect`.
+    pub async fn run(mut self, caller: Caller, rooms: Vec<RoomName>) {
         let app = self.app.clone();
         // Declared first, dropped last: whatever ends the task, the socket and the queue are
         // let go of, even while a member snapshot somewhere still holds the connection.
@@ -173,6 +177,11 @@ impl Session {
         app.metrics.connections_active.inc();
         app.router.register(self.conn.clone()).await;
         app.metrics.connections.inc();
+        for room in &rooms {
+            if let Err(e) = app.router.join(&self.conn, room) {
+                tracing::warn!(room = %room, error = %e, "a $connect room was not joined");
+            }
+        }
         let welcome = ServerFrame::Welcome {
             connection_id: self.conn.id.clone(),
             node: app.router.node_id().clone(),
@@ -183,6 +192,15 @@ impl Session {
         let end = self.serve().await;
         // Unreachable from now on, before the (bounded) close handshake.
         drop(registered);
+        let (code, reason) = match &end {
+            End::Close(code) => (code.as_u16(), code.reason().to_owned()),
+            End::PeerClosed => self
+                .peer_close
+                .clone()
+                .unwrap_or((1005, "no status".to_owned())),
+            End::Broken => (1006, "connection lost".to_owned()),
+        };
+        self.tell_disconnect(caller, code, reason);
         match end {
             End::Close(code) => {
                 tokio::select! {
@@ -335,7 +353,10 @@ impl Session {
             None => Some(End::Broken),
             Some(Ok(Message::Text(text))) => self.on_data(Bytes::from(text), true, now).await,
             Some(Ok(Message::Binary(bin))) => self.on_data(bin, false, now).await,
-            Some(Ok(Message::Close(_))) => Some(End::PeerClosed),
+            Some(Ok(Message::Close(frame))) => {
+                self.peer_close = frame.map(|f| (u16::from(f.code), f.reason.to_string()));
+                Some(End::PeerClosed)
+            }
             // tungstenite has queued the pong already (at most one waits, see the outbound);
             // a ping is still a client message for the rate limit, or a client could make
             // the node write pongs as fast as it sends pings.
@@ -480,6 +501,37 @@ impl Session {
             }
         }
         None
+    }
+
+    /// Tells `$disconnect`, when configured, that the connection closed: once, in a task of
+    /// its own, so the close never waits for it (a drain's hard stop ends it).
+    fn tell_disconnect(&self, caller: Caller, code: u16, reason: String) {
+        let Some(routing) = &self.app.routing else {
+            return;
+        };
+        let Some(route) = routing.table.disconnect.clone() else {
+            return;
+        };
+        let Some(slot) = routing.integrations.slot() else {
+            tracing::warn!("too many integration calls in flight: $disconnect not sent");
+            return;
+        };
+        let request = routing
+            .integrations
+            .disconnect_request(&caller, code, &reason);
+        let app = self.app.clone();
+        self.app.sessions.spawn(async move {
+            let _slot = slot;
+            let Some(routing) = &app.routing else { return };
+            tokio::select! {
+                result = routing.integrations.call(&route, &request) => {
+                    if let Err(what) = result {
+                        tracing::warn!(connection = %caller.connection_id, %what, "$disconnect failed");
+                    }
+                }
+                () = app.hard_stop.cancelled() => {}
+            }
+        });
     }
 
     /// Sends a routed frame to its integration (SPEC section 6), beside the session loop.
