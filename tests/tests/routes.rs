@@ -64,6 +64,7 @@ impl Backend {
                             json!({"rooms": ["a", "b", "not a room!"]}).to_string(),
                         ),
                         "/connect-deny" => ("403 Forbidden", "{}".to_owned()),
+                        "/huge" => ("200 OK", format!("\"{}\"", "h".repeat(300_000))),
                         "/fail" => ("500 Internal Server Error", "{}".to_owned()),
                         "/slow" => {
                             tokio::time::sleep(Duration::from_secs(3)).await;
@@ -97,12 +98,14 @@ fn routes(b: &Backend, default: bool) -> String {
          [routes.custom.text]\nurl = \"{}\"\nresponse = true\n\
          [routes.custom.fire]\nurl = \"{}\"\n\
          [routes.custom.broken]\nurl = \"{}\"\n\
-         [routes.custom.slow]\nurl = \"{}\"\ntimeout = \"300ms\"\n",
+         [routes.custom.slow]\nurl = \"{}\"\ntimeout = \"300ms\"\n\
+         [routes.custom.huge]\nurl = \"{}\"\nresponse = true\n",
         b.url("/echo"),
         b.url("/text"),
         b.url("/ok"),
         b.url("/fail"),
         b.url("/slow"),
+        b.url("/huge"),
     );
     if default {
         c.push_str(&format!("[routes.default]\nurl = \"{}\"\n", b.url("/ok")));
@@ -149,6 +152,9 @@ async fn custom_routes_answer_ack_or_fail_and_the_backend_gets_the_request_conte
         (failed["type"].as_str(), failed["code"].as_str()),
         (Some("error"), Some("integration_failed"))
     );
+    // An answer over limits.max_message_bytes is not read whole: the call fails.
+    let huge = c.request(json!({"action":"huge","id":"h"})).await;
+    assert_eq!(huge["code"], "integration_failed");
     let unknown = c.request(json!({"action":"nope","id":4})).await;
     assert_eq!(unknown["code"], "unknown_action");
     let keyless = c.request(json!({"id":5,"action":{"not":"a key"}})).await;
@@ -322,4 +328,34 @@ async fn connect_refusals_pass_their_status_and_an_unreachable_one_is_502() {
         (status, body["error"].as_str()),
         (502, Some("integration_failed"))
     );
+}
+
+#[tokio::test]
+async fn the_token_cookie_is_not_forwarded_to_connect() {
+    let backend = Backend::start().await;
+    let config = format!(
+        "[server]\nallowed_origins = [\"https://app.example\"]\n\
+         [auth]\njwt_secret = \"s\"\ncookie = \"sess\"\n\
+         [routes.connect]\nurl = \"{}\"\n",
+        backend.url("/connect-ok")
+    );
+    let node = Node::start(&config).await;
+    let token = mint_token(&config, "carol", None, "1h").unwrap();
+    let c = node
+        .connect_req(move |r| {
+            r.headers_mut().insert(
+                "cookie",
+                format!("theme=dark; sess={token}; lang=en")
+                    .parse()
+                    .unwrap(),
+            );
+            r.headers_mut()
+                .insert("origin", "https://app.example".parse().unwrap());
+        })
+        .await
+        .unwrap();
+    assert_eq!(c.welcome["type"], "welcome");
+    let (_, req) = backend.seen()[0].clone();
+    assert_eq!(req["headers"]["cookie"], "theme=dark; lang=en");
+    assert_eq!(req["requestContext"]["identity"]["sub"], "carol");
 }

@@ -44,11 +44,17 @@ pub struct Answer {
     pub body: Bytes,
 }
 
+/// Largest `$connect` or `$disconnect` answer read, in bytes (a room list).
+pub const LIFECYCLE_ANSWER_BYTES: usize = 64 * 1024;
+
 /// The node's integration client.
 pub struct Integrations {
     client: reqwest::Client,
     node: NodeId,
     in_flight: Arc<Semaphore>,
+    /// `$connect` and `$disconnect` calls have their own bound: slow frame routes must not
+    /// starve them (a `$disconnect` skipped leaves a backend with a ghost connection).
+    lifecycle_in_flight: Arc<Semaphore>,
 }
 
 impl Integrations {
@@ -60,6 +66,7 @@ impl Integrations {
                 .build()?,
             node,
             in_flight: Arc::new(Semaphore::new(NODE_IN_FLIGHT)),
+            lifecycle_in_flight: Arc::new(Semaphore::new(NODE_IN_FLIGHT)),
         })
     }
 
@@ -95,17 +102,39 @@ impl Integrations {
         headers: &http::HeaderMap,
         query: Option<&str>,
         token_params: &[String],
+        token_cookie: Option<&str>,
     ) -> Value {
         let mut hs = serde_json::Map::new();
         for name in headers.keys() {
             if name == http::header::AUTHORIZATION {
                 continue;
             }
-            let joined: Vec<&str> = headers
+            let mut joined: Vec<String> = headers
                 .get_all(name)
                 .iter()
                 .filter_map(|v| v.to_str().ok())
+                .map(str::to_owned)
                 .collect();
+            if name == http::header::COOKIE {
+                if let Some(token_cookie) = token_cookie {
+                    // The token's cookie stays with the gateway; the others go on.
+                    joined = joined
+                        .iter()
+                        .map(|h| {
+                            cookie::Cookie::split_parse(h.as_str())
+                                .flatten()
+                                .filter(|c| c.name() != token_cookie)
+                                .map(|c| c.to_string())
+                                .collect::<Vec<_>>()
+                                .join("; ")
+                        })
+                        .filter(|h| !h.is_empty())
+                        .collect();
+                }
+                if joined.is_empty() {
+                    continue;
+                }
+            }
             hs.insert(name.as_str().to_owned(), Value::String(joined.join(", ")));
         }
         let mut qs = serde_json::Map::new();
@@ -132,15 +161,27 @@ impl Integrations {
         json!({ "requestContext": context })
     }
 
-    /// A slot for one more call on this node; `None` when [`NODE_IN_FLIGHT`] are in flight.
+    /// A slot for one more frame call on this node; `None` when [`NODE_IN_FLIGHT`] are in
+    /// flight.
     pub fn slot(&self) -> Option<OwnedSemaphorePermit> {
         self.in_flight.clone().try_acquire_owned().ok()
     }
 
-    /// POSTs `request` to the route within its timeout. `Err` says what failed (unreachable,
-    /// timed out, unreadable answer); any status is an `Answer`.
-    pub async fn call(&self, route: &Route, request: &Value) -> Result<Answer, String> {
-        let sent = self
+    /// A slot for one more `$connect` or `$disconnect` call.
+    pub fn lifecycle_slot(&self) -> Option<OwnedSemaphorePermit> {
+        self.lifecycle_in_flight.clone().try_acquire_owned().ok()
+    }
+
+    /// POSTs `request` to the route within its timeout and reads at most `max_answer` bytes
+    /// of the answer. `Err` says what failed (unreachable, timed out, an answer too large);
+    /// any status is an `Answer`.
+    pub async fn call(
+        &self,
+        route: &Route,
+        request: &Value,
+        max_answer: usize,
+    ) -> Result<Answer, String> {
+        let mut sent = self
             .client
             .post(route.url.clone())
             .timeout(route.timeout)
@@ -149,8 +190,21 @@ impl Integrations {
             .await
             .map_err(|e| describe(&e))?;
         let status = sent.status().as_u16();
-        let body = sent.bytes().await.map_err(|e| describe(&e))?;
-        Ok(Answer { status, body })
+        let too_large = || format!("the integration's answer is over {max_answer} bytes");
+        if sent.content_length().is_some_and(|n| n > max_answer as u64) {
+            return Err(too_large());
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = sent.chunk().await.map_err(|e| describe(&e))? {
+            if body.len() + chunk.len() > max_answer {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(Answer {
+            status,
+            body: body.into(),
+        })
     }
 }
 

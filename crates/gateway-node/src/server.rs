@@ -121,8 +121,15 @@ pub async fn serve(
             match tls {
                 None => conn.serve(tcp).await,
                 Some(acceptor) => {
+                    let started = tokio::time::Instant::now();
                     match tokio::time::timeout(header_timeout, acceptor.accept(tcp)).await {
-                        Ok(Ok(stream)) => conn.serve(stream).await,
+                        Ok(Ok(stream)) => {
+                            // One budget for the TLS handshake and the request headers.
+                            let left = header_timeout.saturating_sub(started.elapsed());
+                            conn.with_header_timeout(left.max(Duration::from_millis(1)))
+                                .serve(stream)
+                                .await
+                        }
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                     }
@@ -154,6 +161,11 @@ struct Conn {
 }
 
 impl Conn {
+    fn with_header_timeout(mut self, header_timeout: Duration) -> Conn {
+        self.header_timeout = header_timeout;
+        self
+    }
+
     /// Serves HTTP/1.1 requests on `io` (a TCP or TLS stream) until it closes, upgrades or the
     /// listener stops.
     async fn serve<I>(self, io: I)

@@ -20,10 +20,10 @@ use tokio_tungstenite::WebSocketStream;
 
 use crate::app::App;
 use crate::error::ApiError;
-use crate::integration::Caller;
+use crate::integration::{Caller, LIFECYCLE_ANSWER_BYTES};
 use crate::ws::limits::{PendingSlot, Slot, SlotError};
 use crate::ws::outbound::{ReadSide, SessionIo, SocketTransport, WriteSide};
-use crate::ws::session::Session;
+use crate::ws::session::{spawn_disconnect, Session};
 use crate::ws::tls_socket::{TlsSocket, TlsTransport};
 use tokio_rustls::server::TlsStream;
 
@@ -68,28 +68,32 @@ async fn connect_route(
     caller: &Caller,
     headers: &HeaderMap,
     query: Option<&str>,
-) -> Result<Vec<RoomName>, ApiError> {
+) -> Result<Option<Vec<RoomName>>, ApiError> {
     let Some(routing) = &app.routing else {
-        return Ok(Vec::new());
+        return Ok(None);
     };
     let Some(route) = &routing.table.connect else {
-        return Ok(Vec::new());
+        return Ok(None);
     };
-    let token_params = app
-        .auth
-        .as_ref()
-        .map(|a| a.config().query_params.clone())
-        .unwrap_or_default();
-    let request = routing
+    let auth = app.auth.as_ref().map(|a| a.config());
+    let token_params = auth.map(|a| a.query_params.clone()).unwrap_or_default();
+    let token_cookie = auth.map(|a| a.cookie.as_str()).filter(|c| !c.is_empty());
+    let request =
+        routing
+            .integrations
+            .connect_request(caller, headers, query, &token_params, token_cookie);
+    let Some(_slot) = routing.integrations.lifecycle_slot() else {
+        return Err(
+            ApiError::unavailable("too many $connect calls in flight on this node")
+                .retry_after(RETRY_AFTER_SECS),
+        );
+    };
+    match routing
         .integrations
-        .connect_request(caller, headers, query, &token_params);
-    let Some(_slot) = routing.integrations.slot() else {
-        return Err(ApiError::unavailable(
-            "too many integration calls in flight on this node",
-        ));
-    };
-    match routing.integrations.call(route, &request).await {
-        Ok(answer) if (200..300).contains(&answer.status) => Ok(connect_rooms(&answer.body)),
+        .call(route, &request, LIFECYCLE_ANSWER_BYTES)
+        .await
+    {
+        Ok(answer) if (200..300).contains(&answer.status) => Ok(Some(connect_rooms(&answer.body))),
         Ok(answer) if (400..600).contains(&answer.status) => {
             let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::FORBIDDEN);
             let code = match answer.status {
@@ -274,13 +278,25 @@ pub async fn upgrade(
             .map(|i| i.claims.clone())
             .unwrap_or_default(),
     };
+    let Some(on_upgrade) = req.extensions_mut().remove::<OnUpgrade>() else {
+        return ApiError::bad_request("connection cannot be upgraded").into_response();
+    };
     let rooms = match connect_route(&app, &caller, req.headers(), req.uri().query()).await {
         Ok(rooms) => rooms,
         Err(refusal) => return refusal.into_response(),
     };
-    let Some(on_upgrade) = req.extensions_mut().remove::<OnUpgrade>() else {
-        return ApiError::bad_request("connection cannot be upgraded").into_response();
-    };
+    // `$connect` may take seconds: a drain that started meanwhile has already listed its
+    // connections, so this one is refused rather than left out of it.
+    if app.draining() {
+        if rooms.is_some() {
+            spawn_disconnect(&app, caller, 1012, "node is draining".into());
+        }
+        return ApiError::unavailable("node is draining: connect to another node")
+            .retry_after(RETRY_AFTER_SECS)
+            .into_response();
+    }
+    let connect_accepted = rooms.is_some();
+    let rooms = rooms.unwrap_or_default();
 
     let conn = Arc::new(ConnHandle::new(
         id,
@@ -306,6 +322,10 @@ pub async fn upgrade(
             Ok(u) => u,
             Err(e) => {
                 tracing::debug!(peer = %peer, error = %e, "upgrade failed");
+                if connect_accepted {
+                    // `$connect` accepted a connection that never came: say it ended.
+                    spawn_disconnect(&session_app, caller, 1006, "upgrade failed".into());
+                }
                 return;
             }
         };
@@ -313,15 +333,14 @@ pub async fn upgrade(
         // or TLS stream itself, not hyper's boxed wrapper.
         let (read, write, prefix) = match upgraded.downcast::<TokioIo<TcpStream>>() {
             Ok(parts) => {
-                let (read, write) = parts.io.into_inner().into_split();
-                let write = Arc::new(write);
+                let stream = Arc::new(parts.io.into_inner());
                 conn.outbound.attach(Box::new(SocketTransport::new(
-                    write.clone(),
+                    stream.clone(),
                     session_app.metrics.clone(),
                 )));
                 (
-                    ReadSide::Plain(read),
-                    WriteSide::Plain(write),
+                    ReadSide::Plain(stream.clone()),
+                    WriteSide::Plain(stream),
                     parts.read_buf,
                 )
             }

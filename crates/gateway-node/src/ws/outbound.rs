@@ -14,7 +14,7 @@ use protocol::EncodedFrame;
 use room_router::{ConnHandle, Deliveries, Flush, FrameKind, PushError, Router, Transport};
 use socket2::SockRef;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
 
@@ -45,18 +45,18 @@ pub fn frame(encoded: &EncodedFrame) -> Bytes {
     out.into()
 }
 
-/// The write half of a client socket, as the router's [`Transport`].
+/// A plain client socket, as the router's [`Transport`].
 pub struct SocketTransport {
-    /// Keeps the socket open, tracks writability for the session's flush, and is the socket
-    /// the fan-out fast path sends on.
-    write: Arc<OwnedWriteHalf>,
+    /// The socket, shared with the session's reads: one pointer from here to the descriptor
+    /// that every fan-out write goes to (a split write half would add another).
+    stream: Arc<TcpStream>,
     metrics: Arc<Metrics>,
 }
 
 impl SocketTransport {
-    /// Wraps a write half.
-    pub fn new(write: Arc<OwnedWriteHalf>, metrics: Arc<Metrics>) -> Self {
-        SocketTransport { write, metrics }
+    /// Wraps a socket.
+    pub fn new(stream: Arc<TcpStream>, metrics: Arc<Metrics>) -> Self {
+        SocketTransport { stream, metrics }
     }
 }
 
@@ -67,11 +67,11 @@ fn send(stream: &tokio::net::TcpStream, buf: &[u8]) -> io::Result<usize> {
 
 impl Transport for SocketTransport {
     fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
-        self.write.try_write(buf)
+        self.stream.try_write(buf)
     }
 
     fn try_write_direct(&self, buf: &[u8]) -> io::Result<usize> {
-        send((*self.write).as_ref(), buf)
+        send(&self.stream, buf)
     }
 
     fn delivered(&self, since: Instant) {
@@ -93,7 +93,7 @@ fn control_kind(frame: &[u8]) -> FrameKind {
 /// The socket a session reads from: plain, or TLS (decrypted by [`TlsSocket`]).
 pub enum ReadSide {
     /// `ws://`.
-    Plain(OwnedReadHalf),
+    Plain(Arc<TcpStream>),
     /// `wss://`.
     Tls(Arc<TlsSocket>),
 }
@@ -102,7 +102,7 @@ pub enum ReadSide {
 #[derive(Clone)]
 pub enum WriteSide {
     /// `ws://`.
-    Plain(Arc<OwnedWriteHalf>),
+    Plain(Arc<TcpStream>),
     /// `wss://`.
     Tls(Arc<TlsSocket>),
 }
@@ -161,8 +161,24 @@ impl AsyncRead for SessionIo {
             }
             return Poll::Ready(Ok(()));
         }
-        match &mut self.read {
-            ReadSide::Plain(r) => Pin::new(r).poll_read(cx, buf),
+        match &self.read {
+            ReadSide::Plain(stream) => loop {
+                // Readiness, then a non-blocking read; a `WouldBlock` clears the readiness
+                // and the next poll waits again.
+                match stream.poll_read_ready(cx) {
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return Poll::Pending,
+                }
+                match stream.try_read(buf.initialize_unfilled()) {
+                    Ok(n) => {
+                        buf.advance(n);
+                        return Poll::Ready(Ok(()));
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
+            },
             ReadSide::Tls(t) => t.poll_read(cx, buf),
         }
     }

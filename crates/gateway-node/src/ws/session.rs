@@ -26,7 +26,9 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use crate::app::App;
 use crate::auth::{room_allowed, Identity};
 use crate::error::Failure;
-use crate::integration::{answer_data, Answer, Caller, CONNECTION_IN_FLIGHT};
+use crate::integration::{
+    answer_data, Answer, Caller, CONNECTION_IN_FLIGHT, LIFECYCLE_ANSWER_BYTES,
+};
 use crate::routes::Selected;
 use crate::ws::limits::RateLimiter;
 use crate::ws::outbound::{self, flush_all, SessionIo, WriteSide};
@@ -34,6 +36,39 @@ use crate::ws::sends::{Done, Pending, SendQueue};
 
 /// The WebSocket of one client: tungstenite reads; writes go through the outbound.
 type Ws = tokio_tungstenite::WebSocketStream<SessionIo>;
+
+/// Tells `$disconnect`, when configured, that a connection ended: once, in a task of its own,
+/// so the close never waits for it (a drain's hard stop ends it).
+pub fn spawn_disconnect(app: &Arc<App>, caller: Caller, code: u16, reason: String) {
+    let Some(routing) = &app.routing else {
+        return;
+    };
+    let Some(route) = routing.table.disconnect.clone() else {
+        return;
+    };
+    let Some(slot) = routing.integrations.lifecycle_slot() else {
+        tracing::warn!("too many $disconnect calls in flight: one not sent");
+        return;
+    };
+    let request = routing
+        .integrations
+        .disconnect_request(&caller, code, &reason);
+    let task_app = app.clone();
+    app.sessions.spawn(async move {
+        let _slot = slot;
+        let Some(routing) = &task_app.routing else {
+            return;
+        };
+        tokio::select! {
+            result = routing.integrations.call(&route, &request, LIFECYCLE_ANSWER_BYTES) => {
+                if let Err(what) = result {
+                    tracing::warn!(connection = %caller.connection_id, %what, "$disconnect failed");
+                }
+            }
+            () = task_app.hard_stop.cancelled() => {}
+        }
+    });
+}
 
 /// A connection counted and reachable until this is dropped.
 struct Registered {
@@ -190,8 +225,10 @@ impl Session {
         };
         self.reply(&welcome);
         let end = self.serve().await;
-        // Unreachable from now on, before the (bounded) close handshake.
+        // Unreachable from now on, before the (bounded) close handshake; calls still in
+        // flight are dropped (nobody is left to answer), their permits with them.
         drop(registered);
+        self.calls = FuturesUnordered::new();
         let (code, reason) = match &end {
             End::Close(code) => (code.as_u16(), code.reason().to_owned()),
             End::PeerClosed => self
@@ -216,6 +253,11 @@ impl Session {
                 .await;
             }
             End::Broken => {}
+        }
+        if let WriteSide::Tls(tls) = &self.write {
+            // A TLS peer expects close_notify before the TCP close, or reports an
+            // unexpected end of stream.
+            tls.finish();
         }
     }
 
@@ -503,35 +545,10 @@ impl Session {
         None
     }
 
-    /// Tells `$disconnect`, when configured, that the connection closed: once, in a task of
-    /// its own, so the close never waits for it (a drain's hard stop ends it).
+    /// Tells `$disconnect`, when configured, that the connection closed (see
+    /// [`spawn_disconnect`]).
     fn tell_disconnect(&self, caller: Caller, code: u16, reason: String) {
-        let Some(routing) = &self.app.routing else {
-            return;
-        };
-        let Some(route) = routing.table.disconnect.clone() else {
-            return;
-        };
-        let Some(slot) = routing.integrations.slot() else {
-            tracing::warn!("too many integration calls in flight: $disconnect not sent");
-            return;
-        };
-        let request = routing
-            .integrations
-            .disconnect_request(&caller, code, &reason);
-        let app = self.app.clone();
-        self.app.sessions.spawn(async move {
-            let _slot = slot;
-            let Some(routing) = &app.routing else { return };
-            tokio::select! {
-                result = routing.integrations.call(&route, &request) => {
-                    if let Err(what) = result {
-                        tracing::warn!(connection = %caller.connection_id, %what, "$disconnect failed");
-                    }
-                }
-                () = app.hard_stop.cancelled() => {}
-            }
-        });
+        spawn_disconnect(&self.app, caller, code, reason);
     }
 
     /// Sends a routed frame to its integration (SPEC section 6), beside the session loop.
@@ -595,7 +612,10 @@ impl Session {
         self.calls.push(Box::pin(async move {
             let _permit = permit;
             let result = match app.routing.as_ref() {
-                Some(routing) => routing.integrations.call(&route, &request).await,
+                Some(routing) => {
+                    let max = app.config.limits.max_message_bytes;
+                    routing.integrations.call(&route, &request, max).await
+                }
                 None => Err("no routes".into()),
             };
             CallDone {

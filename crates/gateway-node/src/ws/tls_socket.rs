@@ -73,6 +73,14 @@ impl TlsSocket {
         Ok(true)
     }
 
+    /// Ends the TLS session: close_notify, sent if the socket takes it now (best effort; the
+    /// connection is closing either way).
+    pub fn finish(&self) {
+        let mut tls = self.tls.lock();
+        tls.send_close_notify();
+        let _ = self.flush_records(&mut tls);
+    }
+
     /// Resolves when the socket can take bytes.
     pub async fn writable(&self) -> io::Result<()> {
         self.tcp.writable().await
