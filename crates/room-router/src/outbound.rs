@@ -373,6 +373,12 @@ impl Outbound {
         self.state.lock().close
     }
 
+    /// Wakes the session to flush: the transport holds bytes it made on its own (TLS records
+    /// answering the peer) that the socket did not take at once.
+    pub fn wake(&self) {
+        self.notify.notify_one();
+    }
+
     /// Resolves when there is something to write or a close was requested. Cancel-safe.
     pub async fn ready(&self) {
         self.notify.notified().await

@@ -347,7 +347,7 @@ pub async fn upgrade(
             Err(upgraded) => match upgraded.downcast::<TokioIo<TlsStream<TcpStream>>>() {
                 Ok(parts) => {
                     let (tcp, tls) = parts.io.into_inner().into_inner();
-                    let socket = TlsSocket::new(tcp, tls);
+                    let socket = TlsSocket::new(tcp, tls, &conn);
                     conn.outbound.attach(Box::new(TlsTransport::new(
                         socket.clone(),
                         session_app.metrics.clone(),

@@ -10,12 +10,12 @@
 //! the connection's byte bound counts it.
 
 use std::io::{self, Read, Write};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 use parking_lot::Mutex;
-use room_router::{Deliveries, Transport};
+use room_router::{ConnHandle, Deliveries, Transport};
 use rustls::ServerConnection;
 use tokio::io::ReadBuf;
 use tokio::net::TcpStream;
@@ -48,15 +48,23 @@ impl Write for SyncIo<'_> {
 pub struct TlsSocket {
     tcp: TcpStream,
     tls: Mutex<ServerConnection>,
+    /// The connection, to wake its session when reading made records (a key update answer,
+    /// an alert) that the socket did not take at once. Weak: the connection owns this socket.
+    conn: Weak<ConnHandle>,
 }
 
 impl TlsSocket {
     /// Takes over a connection whose handshake is complete.
-    pub fn new(tcp: TcpStream, mut tls: ServerConnection) -> Arc<TlsSocket> {
+    pub fn new(
+        tcp: TcpStream,
+        mut tls: ServerConnection,
+        conn: &Arc<ConnHandle>,
+    ) -> Arc<TlsSocket> {
         tls.set_buffer_limit(Some(TLS_BUFFER));
         Arc::new(TlsSocket {
             tcp,
             tls: Mutex::new(tls),
+            conn: Arc::downgrade(conn),
         })
     }
 
@@ -107,9 +115,16 @@ impl TlsSocket {
                         let _ = self.flush_records(&mut tls);
                         return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, e)));
                     }
-                    // A key update or an alert may want an answer.
-                    if self.flush_records(&mut tls).is_err() {
-                        return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+                    // A key update or an alert may want an answer; what the socket does not
+                    // take now, the session's next flush writes.
+                    match self.flush_records(&mut tls) {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            if let Some(conn) = self.conn.upgrade() {
+                                conn.outbound.wake();
+                            }
+                        }
+                        Err(_) => return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
