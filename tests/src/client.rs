@@ -254,3 +254,41 @@ pub async fn until_delivered(
         }
     }
 }
+
+/// Sends 300 `ping` frames with 100 KB ids on `ws` without reading, waits until the node
+/// counts a slow consumer, then reads: the number of replies that got through before the
+/// bound, and the close code. Plain and TLS clients alike.
+pub async fn flood_unread_replies<S>(ws: WebSocketStream<S>, node: &Node) -> (usize, Option<u16>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sink, mut stream) = ws.split();
+    // 300 pongs of 100 KB: 30 MB, far more than the socket buffers and a 1 MiB byte bound
+    // hold, and far fewer frames than the frame bound (1,024).
+    let id = "i".repeat(100_000);
+    let sender = tokio::spawn(async move {
+        for _ in 0..300 {
+            let ping = serde_json::json!({"action":"ping","id":id}).to_string();
+            if sink.send(Message::text(ping)).await.is_err() {
+                break;
+            }
+        }
+    });
+    node.metric_settles("wsgate_slow_consumer_closes_total", 1.0)
+        .await;
+    // Now read: what was written before the bound, then the close.
+    let mut replies = 0;
+    let code = loop {
+        match tokio::time::timeout(WAIT, stream.next())
+            .await
+            .expect("a close")
+        {
+            Some(Ok(Message::Text(_))) => replies += 1,
+            Some(Ok(Message::Close(f))) => break f.map(|f| u16::from(f.code)),
+            Some(Ok(_)) => {}
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    let _ = sender.await;
+    (replies, code)
+}

@@ -23,7 +23,8 @@ fn redis_args() -> Vec<String> {
         .to_vec()
 }
 
-fn free_port() -> u16 {
+/// A loopback port nothing listens on (bound, read, released).
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::{Bytes, Message};
 use wsgate_tests::*;
@@ -17,37 +17,9 @@ async fn replies_a_client_never_reads_are_bounded_in_bytes() {
     )
     .await;
     let client = node.connect().await;
-    let (mut sink, mut stream) = client.ws.split();
-    // 300 pongs of 100 KB: 30 MB, far more than the socket buffers and the byte bound hold,
-    // and far fewer frames than the frame bound (1,024).
-    let id = "i".repeat(100_000);
-    let sender = tokio::spawn(async move {
-        for _ in 0..300 {
-            let ping = json!({"action":"ping","id":id}).to_string();
-            if sink.send(Message::text(ping)).await.is_err() {
-                break;
-            }
-        }
-        sink
-    });
-    node.metric_settles("wsgate_slow_consumer_closes_total", 1.0)
-        .await;
-    // Now read: what was written before the bound, then the close.
-    let mut pongs = 0;
-    let code = loop {
-        match tokio::time::timeout(WAIT, stream.next())
-            .await
-            .expect("a close")
-        {
-            Some(Ok(Message::Text(_))) => pongs += 1,
-            Some(Ok(Message::Close(f))) => break f.map(|f| u16::from(f.code)),
-            Some(Ok(_)) => {}
-            other => panic!("expected a close frame, got {other:?}"),
-        }
-    };
+    let (pongs, code) = flood_unread_replies(client.ws, &node).await;
     assert_eq!(code, Some(1013));
     assert!(pongs < 300, "the node stopped queueing: {pongs} pongs");
-    let _ = sender.await;
 }
 
 /// WebSocket pings are client messages for the rate limit: a ping flood is closed with 1008

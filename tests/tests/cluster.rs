@@ -410,10 +410,7 @@ async fn a_frozen_redis_does_not_stall_local_traffic() {
 
 #[tokio::test]
 async fn a_wrong_redis_url_fails_fast() {
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = free_port();
     let start = std::time::Instant::now();
     let err = start_refused(&["--redis-url", &format!("redis://127.0.0.1:{port}")], &[]);
     assert!(err.contains("cluster.redis_url"), "{err}");

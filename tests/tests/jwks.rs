@@ -195,10 +195,7 @@ async fn a_jwks_file_works_and_an_unreachable_url_fails_the_start() {
     .await;
     assert!(connect_bearer(&node, &k1.token("filed")).await.is_ok());
 
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = free_port();
     let err = start_refused(
         &[],
         &[

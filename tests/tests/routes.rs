@@ -315,10 +315,7 @@ async fn connect_refusals_pass_their_status_and_an_unreachable_one_is_502() {
     assert_eq!(status, 401);
     assert_eq!(backend.seen().len(), calls);
 
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = free_port();
     let config = format!(
         "[auth]\njwt_secret = \"s\"\n[routes.connect]\nurl = \"http://127.0.0.1:{port}/connect\"\n"
     );

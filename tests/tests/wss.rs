@@ -110,31 +110,8 @@ async fn a_wss_client_that_never_reads_is_closed_1013() {
     ))
     .await;
     let (ws, _) = connect_wss(&node, &certs.ca).await.unwrap();
-    let (mut sink, mut stream) = ws.split();
-    let id = "i".repeat(100_000);
-    let sender = tokio::spawn(async move {
-        for _ in 0..300 {
-            let ping = json!({"action":"ping","id":id}).to_string();
-            if sink.send(Message::text(ping)).await.is_err() {
-                break;
-            }
-        }
-        sink
-    });
-    node.metric_settles("wsgate_slow_consumer_closes_total", 1.0)
-        .await;
-    let code = loop {
-        match tokio::time::timeout(WAIT, stream.next())
-            .await
-            .expect("a close")
-        {
-            Some(Ok(Message::Close(f))) => break f.map(|f| u16::from(f.code)),
-            Some(Ok(_)) => {}
-            other => panic!("expected a close frame, got {other:?}"),
-        }
-    };
+    let (_, code) = flood_unread_replies(ws, &node).await;
     assert_eq!(code, Some(1013));
-    let _ = sender.await;
 }
 
 /// SIGHUP reads the certificate files again: new connections get the new certificate, with

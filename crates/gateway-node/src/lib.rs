@@ -62,27 +62,43 @@ pub struct Listeners {
     pub admin: TcpListener,
 }
 
+/// What a configuration builds before the node touches the network, checked: the node starts
+/// from these, and `check-config` builds the same, so a configuration it accepts starts.
+pub struct Preflight {
+    /// Token verification, when `[auth]` is configured (its key set still to load).
+    pub auth: Option<Authenticator>,
+    /// The wss:// certificate, when `server.tls_cert_file` is set.
+    pub tls: Option<tls::Tls>,
+    /// The route table, when `[routes]` has any.
+    pub routes: Option<routes::RouteTable>,
+}
+
 /// Everything about a configuration that can be checked without the network: what the node
-/// would refuse at start. `check-config` runs it too, so a configuration it accepts starts.
-pub fn preflight(config: &Config) -> anyhow::Result<Option<Authenticator>> {
+/// would refuse at start.
+pub fn preflight(config: &Config) -> anyhow::Result<Preflight> {
     check_supported(config)?;
-    routes::RouteTable::from_config(&config.routes)?;
-    if !config.server.tls_cert_file.is_empty() {
-        tls::Tls::new(
-            config.server.tls_cert_file.as_ref(),
-            config.server.tls_key_file.as_ref(),
+    let routes = routes::RouteTable::from_config(&config.routes)?;
+    let tls = if config.server.tls_cert_file.is_empty() {
+        None
+    } else {
+        Some(
+            tls::Tls::new(
+                config.server.tls_cert_file.as_ref(),
+                config.server.tls_key_file.as_ref(),
+            )
+            .context("loading the wss:// certificate")?,
         )
-        .context("loading the wss:// certificate")?;
-    }
+    };
     if !config.embedded() {
         RedisBus::check(&redis_options(config, NodeId::new("preflight")))
             .context("cluster.redis_url")?;
     }
-    config
+    let auth = config
         .auth
         .as_ref()
         .map(|a| Authenticator::from_config(a).context("loading [auth] keys"))
-        .transpose()
+        .transpose()?;
+    Ok(Preflight { auth, tls, routes })
 }
 
 /// Refuses configuration this version cannot honour yet, rather than ignoring it silently.
@@ -150,7 +166,8 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let stop_background = CancellationToken::new();
     let background = TaskTracker::new();
-    let auth = match (preflight(&config)?, config.auth.as_ref()) {
+    let Preflight { auth, tls, routes } = preflight(&config)?;
+    let auth = match (auth, config.auth.as_ref()) {
         (Some(auth), Some(a)) if auth.wants_jwks() => {
             let jwks = jwks::Jwks::load(&a.jwks_file, &a.jwks_url, a.jwks_refresh)
                 .await
@@ -159,17 +176,6 @@ pub async fn run(
             Some(Arc::new(auth.with_jwks(jwks)))
         }
         (other, _) => other.map(Arc::new),
-    };
-    let tls = if config.server.tls_cert_file.is_empty() {
-        None
-    } else {
-        Some(
-            tls::Tls::new(
-                config.server.tls_cert_file.as_ref(),
-                config.server.tls_key_file.as_ref(),
-            )
-            .context("loading the wss:// certificate")?,
-        )
     };
     let node = node_id(&config);
     let bus: Arc<dyn Bus> = if config.embedded() {
@@ -193,7 +199,7 @@ pub async fn run(
         },
     );
     let metrics = Metrics::new(router.clone(), deliveries);
-    let routing = match routes::RouteTable::from_config(&config.routes)? {
+    let routing = match routes {
         None => None,
         Some(table) => Some(app::Routing {
             table,

@@ -43,12 +43,9 @@ pub trait Transport: Send + Sync + 'static {
     /// A room or direct message entered the node at `since` and is now fully written by a
     /// flush (frames written at once by a push are counted by the pusher, once per fan-out).
     fn delivered(&self, since: Instant);
-    /// Whether the transport holds bytes below the queue that the socket has not taken yet
-    /// (TLS records): the session must flush them once the socket is writable.
-    fn holds_bytes(&self) -> bool {
-        false
-    }
-    /// Writes what the transport holds below the queue; `Ok(true)` when nothing is left.
+    /// Writes what the transport holds below the queue (TLS records the socket did not take);
+    /// `Ok(true)` when nothing is left. A transport that keeps such bytes after a write wakes
+    /// the session ([`Outbound::wake`]), whose flush then ends here.
     fn flush_below(&self) -> io::Result<bool> {
         Ok(true)
     }
@@ -268,15 +265,7 @@ impl Outbound {
             };
             if let Some(t) = st.transport.as_ref() {
                 match t.try_write_direct(bytes) {
-                    Ok(n) if n == bytes.len() => {
-                        if t.holds_bytes() {
-                            // Accepted whole, but some of it waits below the queue: the
-                            // session flushes it when the socket is writable.
-                            drop(st);
-                            self.notify.notify_one();
-                        }
-                        return Ok(Pushed::Written);
-                    }
+                    Ok(n) if n == bytes.len() => return Ok(Pushed::Written),
                     Ok(n) => q.bytes = bytes.slice(n..),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                     Err(_) => {

@@ -60,26 +60,32 @@ fn local_cluster(n: usize) -> Cluster {
     }
 }
 
+/// A Redis bus for `node` in cluster `name` on `redis`; `fanout_workers` 0 is one per CPU.
+async fn redis_bus(redis: &Redis, name: &str, node: &str, fanout_workers: usize) -> Arc<RedisBus> {
+    let bus = RedisBus::connect(RedisOptions {
+        url: redis.url(),
+        mode: RedisMode::Standalone,
+        cluster: name.to_owned(),
+        node: NodeId::new(node),
+        affinity_ttl: Duration::from_secs(60),
+        node_heartbeat: Duration::from_millis(200),
+        ca_file: None,
+        fanout_workers,
+    })
+    .await
+    .expect("connecting to the test redis-server");
+    Arc::new(bus)
+}
+
 /// `n` routers, each with its own Redis bus, on a fresh `redis-server`.
 async fn redis_cluster(n: usize) -> Cluster {
     let redis = Redis::start().await;
     let name = cluster_name();
     let mut nodes = Vec::new();
     for i in 0..n {
-        let node = NodeId::new(format!("node-{i}"));
-        let bus = RedisBus::connect(RedisOptions {
-            url: redis.url(),
-            mode: RedisMode::Standalone,
-            cluster: name.clone(),
-            node: node.clone(),
-            affinity_ttl: Duration::from_secs(60),
-            node_heartbeat: Duration::from_millis(200),
-            ca_file: None,
-            fanout_workers: 0,
-        })
-        .await
-        .expect("connecting to the test redis-server");
-        nodes.push(Router::new(node, Arc::new(bus), options()));
+        let node = format!("node-{i}");
+        let bus = redis_bus(&redis, &name, &node, 0).await;
+        nodes.push(Router::new(NodeId::new(node), bus, options()));
     }
     Cluster {
         nodes,
@@ -388,20 +394,7 @@ contract! {
 async fn redis_bus_forgets_cancelled_queries() {
     let redis = Redis::start().await;
     let name = cluster_name();
-    let bus = Arc::new(
-        RedisBus::connect(RedisOptions {
-            url: redis.url(),
-            mode: RedisMode::Standalone,
-            cluster: name.clone(),
-            node: NodeId::new("asker"),
-            affinity_ttl: Duration::from_secs(60),
-            node_heartbeat: Duration::from_millis(200),
-            ca_file: None,
-            fanout_workers: 0,
-        })
-        .await
-        .unwrap(),
-    );
+    let bus = redis_bus(&redis, &name, "asker", 0).await;
     let router = Router::new(NodeId::new("asker"), bus.clone(), options());
     // A "node" that listens on its channel and never answers: every query to it waits.
     let mut mute = std::process::Command::new("redis-cli")
@@ -444,20 +437,7 @@ async fn redis_bus_forgets_cancelled_queries() {
 async fn affinity_is_written_while_the_subscriber_alone_reconnects() {
     let redis = Redis::start().await;
     let name = cluster_name();
-    let bus = Arc::new(
-        RedisBus::connect(RedisOptions {
-            url: redis.url(),
-            mode: RedisMode::Standalone,
-            cluster: name.clone(),
-            node: NodeId::new("n1"),
-            affinity_ttl: Duration::from_secs(60),
-            node_heartbeat: Duration::from_millis(200),
-            ca_file: None,
-            fanout_workers: 0,
-        })
-        .await
-        .unwrap(),
-    );
+    let bus = redis_bus(&redis, &name, "n1", 0).await;
     let router = Router::new(NodeId::new("n1"), bus.clone(), options());
     use room_router::bus::Bus as _;
     let start = Instant::now();
@@ -497,20 +477,7 @@ async fn a_large_remote_fan_out_does_not_hold_up_other_rooms() {
     let name = cluster_name();
     let mut buses = Vec::new();
     for i in 0..2 {
-        buses.push(Arc::new(
-            RedisBus::connect(RedisOptions {
-                url: redis.url(),
-                mode: RedisMode::Standalone,
-                cluster: name.clone(),
-                node: NodeId::new(format!("node-{i}")),
-                affinity_ttl: Duration::from_secs(60),
-                node_heartbeat: Duration::from_millis(200),
-                ca_file: None,
-                fanout_workers: 2,
-            })
-            .await
-            .unwrap(),
-        ));
+        buses.push(redis_bus(&redis, &name, &format!("node-{i}"), 2).await);
     }
     let routers: Vec<_> = buses
         .iter()

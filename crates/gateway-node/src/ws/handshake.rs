@@ -22,7 +22,7 @@ use crate::app::App;
 use crate::error::ApiError;
 use crate::integration::{Caller, LIFECYCLE_ANSWER_BYTES};
 use crate::ws::limits::{PendingSlot, Slot, SlotError};
-use crate::ws::outbound::{ReadSide, SessionIo, SocketTransport, WriteSide};
+use crate::ws::outbound::{ClientSocket, SessionIo, SocketTransport};
 use crate::ws::session::{spawn_disconnect, Session};
 use crate::ws::tls_socket::{TlsSocket, TlsTransport};
 use tokio_rustls::server::TlsStream;
@@ -331,18 +331,14 @@ pub async fn upgrade(
         };
         // The session writes to the socket directly (see ws::outbound), so it needs the TCP
         // or TLS stream itself, not hyper's boxed wrapper.
-        let (read, write, prefix) = match upgraded.downcast::<TokioIo<TcpStream>>() {
+        let (socket, prefix) = match upgraded.downcast::<TokioIo<TcpStream>>() {
             Ok(parts) => {
                 let stream = Arc::new(parts.io.into_inner());
                 conn.outbound.attach(Box::new(SocketTransport::new(
                     stream.clone(),
                     session_app.metrics.clone(),
                 )));
-                (
-                    ReadSide::Plain(stream.clone()),
-                    WriteSide::Plain(stream),
-                    parts.read_buf,
-                )
+                (ClientSocket::Plain(stream), parts.read_buf)
             }
             Err(upgraded) => match upgraded.downcast::<TokioIo<TlsStream<TcpStream>>>() {
                 Ok(parts) => {
@@ -352,11 +348,7 @@ pub async fn upgrade(
                         socket.clone(),
                         session_app.metrics.clone(),
                     )));
-                    (
-                        ReadSide::Tls(socket.clone()),
-                        WriteSide::Tls(socket),
-                        parts.read_buf,
-                    )
+                    (ClientSocket::Tls(socket), parts.read_buf)
                 }
                 Err(_) => {
                     tracing::error!("upgraded connection is neither a TCP nor a TLS stream");
@@ -364,10 +356,15 @@ pub async fn upgrade(
                 }
             },
         };
-        let io = SessionIo::new(read, prefix, conn.clone(), session_app.router.clone());
+        let io = SessionIo::new(
+            socket.clone(),
+            prefix,
+            conn.clone(),
+            session_app.router.clone(),
+        );
         let ws =
             WebSocketStream::from_raw_socket(io, Role::Server, Some(session_app.ws_config)).await;
-        Session::new(session_app, conn, identity, ws, write)
+        Session::new(session_app, conn, identity, ws, socket)
             .run(caller, rooms)
             .await;
         drop(slot);

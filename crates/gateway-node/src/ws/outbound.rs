@@ -90,29 +90,22 @@ fn control_kind(frame: &[u8]) -> FrameKind {
     }
 }
 
-/// The socket a session reads from: plain, or TLS (decrypted by [`TlsSocket`]).
-pub enum ReadSide {
-    /// `ws://`.
-    Plain(Arc<TcpStream>),
-    /// `wss://`.
-    Tls(Arc<TlsSocket>),
-}
-
-/// The socket a session waits on when it pushes back.
+/// A session's socket: the session reads from it and waits on it when it pushes back (the
+/// outbound's transport writes to the same socket).
 #[derive(Clone)]
-pub enum WriteSide {
+pub enum ClientSocket {
     /// `ws://`.
     Plain(Arc<TcpStream>),
-    /// `wss://`.
+    /// `wss://`, decrypted by [`TlsSocket`].
     Tls(Arc<TlsSocket>),
 }
 
-impl WriteSide {
+impl ClientSocket {
     /// Resolves when the socket can take bytes.
     pub async fn writable(&self) -> io::Result<()> {
         match self {
-            WriteSide::Plain(w) => w.writable().await,
-            WriteSide::Tls(t) => t.writable().await,
+            ClientSocket::Plain(s) => s.writable().await,
+            ClientSocket::Tls(t) => t.writable().await,
         }
     }
 }
@@ -120,7 +113,7 @@ impl WriteSide {
 /// What tungstenite reads from and writes to: reads from the socket (after any bytes the HTTP
 /// layer read ahead), writes into the connection's outbound.
 pub struct SessionIo {
-    read: ReadSide,
+    read: ClientSocket,
     prefix: Bytes,
     conn: Arc<ConnHandle>,
     /// Counts a slow consumer that a control frame (a pong, a ping) pushed over its bounds.
@@ -131,7 +124,12 @@ impl SessionIo {
     /// Wraps the read half; `prefix` is what the HTTP layer had already read. It is a view
     /// into the HTTP layer's whole read buffer, so it is copied out (or dropped when empty)
     /// rather than keeping that buffer alive for the life of the connection.
-    pub fn new(read: ReadSide, prefix: Bytes, conn: Arc<ConnHandle>, router: Arc<Router>) -> Self {
+    pub fn new(
+        read: ClientSocket,
+        prefix: Bytes,
+        conn: Arc<ConnHandle>,
+        router: Arc<Router>,
+    ) -> Self {
         let prefix = if prefix.is_empty() {
             Bytes::new()
         } else {
@@ -162,7 +160,7 @@ impl AsyncRead for SessionIo {
             return Poll::Ready(Ok(()));
         }
         match &self.read {
-            ReadSide::Plain(stream) => loop {
+            ClientSocket::Plain(stream) => loop {
                 // Readiness, then a non-blocking read; a `WouldBlock` clears the readiness
                 // and the next poll waits again.
                 match stream.poll_read_ready(cx) {
@@ -179,7 +177,7 @@ impl AsyncRead for SessionIo {
                     Err(e) => return Poll::Ready(Err(e)),
                 }
             },
-            ReadSide::Tls(t) => t.poll_read(cx, buf),
+            ClientSocket::Tls(t) => t.poll_read(cx, buf),
         }
     }
 }
@@ -221,7 +219,7 @@ impl AsyncWrite for SessionIo {
 }
 
 /// Writes everything queued, waiting for the socket as needed.
-pub async fn flush_all(conn: &ConnHandle, write: &WriteSide) -> io::Result<()> {
+pub async fn flush_all(conn: &ConnHandle, write: &ClientSocket) -> io::Result<()> {
     loop {
         match conn.outbound.flush() {
             Flush::Empty => return Ok(()),

@@ -31,7 +31,7 @@ use crate::integration::{
 };
 use crate::routes::Selected;
 use crate::ws::limits::RateLimiter;
-use crate::ws::outbound::{self, flush_all, SessionIo, WriteSide};
+use crate::ws::outbound::{self, flush_all, ClientSocket, SessionIo};
 use crate::ws::sends::{Done, Pending, SendQueue};
 
 /// The WebSocket of one client: tungstenite reads; writes go through the outbound.
@@ -117,7 +117,7 @@ pub struct Session {
     next_ping: Instant,
     token_deadline: Option<Instant>,
     /// The socket, to wait for writability when it pushes back.
-    write: WriteSide,
+    write: ClientSocket,
     /// Whether the last flush found the socket full.
     blocked: bool,
     /// `send`s waiting on the cluster, answered in order while the loop goes on.
@@ -165,7 +165,7 @@ impl Session {
         conn: Arc<ConnHandle>,
         identity: Option<Identity>,
         ws: Ws,
-        write: WriteSide,
+        write: ClientSocket,
     ) -> Self {
         let now = Instant::now();
         let limits = &app.config.limits;
@@ -237,7 +237,7 @@ impl Session {
                 .unwrap_or((1005, "no status".to_owned())),
             End::Broken => (1006, "connection lost".to_owned()),
         };
-        self.tell_disconnect(caller, code, reason);
+        spawn_disconnect(&app, caller, code, reason);
         match end {
             End::Close(code) => {
                 tokio::select! {
@@ -254,7 +254,7 @@ impl Session {
             }
             End::Broken => {}
         }
-        if let WriteSide::Tls(tls) = &self.write {
+        if let ClientSocket::Tls(tls) = &self.write {
             // A TLS peer expects close_notify before the TCP close, or reports an
             // unexpected end of stream.
             tls.finish();
@@ -543,12 +543,6 @@ impl Session {
             }
         }
         None
-    }
-
-    /// Tells `$disconnect`, when configured, that the connection closed (see
-    /// [`spawn_disconnect`]).
-    fn tell_disconnect(&self, caller: Caller, code: u16, reason: String) {
-        spawn_disconnect(&self.app, caller, code, reason);
     }
 
     /// Sends a routed frame to its integration (SPEC section 6), beside the session loop.

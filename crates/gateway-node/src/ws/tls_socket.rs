@@ -48,8 +48,9 @@ impl Write for SyncIo<'_> {
 pub struct TlsSocket {
     tcp: TcpStream,
     tls: Mutex<ServerConnection>,
-    /// The connection, to wake its session when reading made records (a key update answer,
-    /// an alert) that the socket did not take at once. Weak: the connection owns this socket.
+    /// The connection, to wake its session when records (written data, a key update answer,
+    /// an alert) wait in rustls because the socket did not take them at once. Weak: the
+    /// connection owns this socket.
     conn: Weak<ConnHandle>,
 }
 
@@ -89,6 +90,13 @@ impl TlsSocket {
         let _ = self.flush_records(&mut tls);
     }
 
+    /// Records wait in rustls: the session flushes them when the socket is writable.
+    fn wake_session(&self) {
+        if let Some(conn) = self.conn.upgrade() {
+            conn.outbound.wake();
+        }
+    }
+
     /// Resolves when the socket can take bytes.
     pub async fn writable(&self) -> io::Result<()> {
         self.tcp.writable().await
@@ -119,11 +127,7 @@ impl TlsSocket {
                     // take now, the session's next flush writes.
                     match self.flush_records(&mut tls) {
                         Ok(true) => {}
-                        Ok(false) => {
-                            if let Some(conn) = self.conn.upgrade() {
-                                conn.outbound.wake();
-                            }
-                        }
+                        Ok(false) => self.wake_session(),
                         Err(_) => return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
                     }
                 }
@@ -162,9 +166,11 @@ impl Transport for TlsTransport {
             return Err(io::ErrorKind::WouldBlock.into());
         }
         let n = tls.writer().write(buf)?;
-        // What the socket does not take now waits in rustls (at most TLS_BUFFER), and
-        // `holds_bytes` tells the outbound so.
-        self.socket.flush_records(&mut tls)?;
+        // What the socket does not take now waits in rustls (at most TLS_BUFFER), and the
+        // session's flush writes it once the socket is writable.
+        if !self.socket.flush_records(&mut tls)? {
+            self.socket.wake_session();
+        }
         if n == 0 {
             return Err(io::ErrorKind::WouldBlock.into());
         }
@@ -173,10 +179,6 @@ impl Transport for TlsTransport {
 
     fn delivered(&self, since: Instant) {
         self.metrics.deliveries.delivered(1, since);
-    }
-
-    fn holds_bytes(&self) -> bool {
-        self.socket.tls.lock().wants_write()
     }
 
     fn flush_below(&self) -> io::Result<bool> {
