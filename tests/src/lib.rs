@@ -10,6 +10,8 @@
 //! - `client`: WebSocket clients and what they read.
 //! - `redis`: Redis topologies (standalone, password, TLS, Cluster, Sentinel).
 //! - `certs`: a test CA and server certificates.
+//! - `upstream`: WebSocket upstreams for the reverse proxy (echo, subprotocol, silent, never
+//!   reading, flooding) that record what reaches them.
 
 use std::time::Duration;
 
@@ -17,11 +19,13 @@ mod certs;
 mod client;
 mod node;
 mod redis;
+mod upstream;
 
 pub use certs::*;
 pub use client::*;
 pub use node::*;
 pub use redis::*;
+pub use upstream::*;
 
 /// How long a test waits for any one expected thing before failing.
 pub const WAIT: Duration = Duration::from_secs(10);

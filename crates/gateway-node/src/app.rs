@@ -12,6 +12,7 @@ use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::integration::Integrations;
 use crate::metrics::Metrics;
+use crate::proxy::Proxy;
 use crate::routes::RouteTable;
 use crate::ws::limits::Slots;
 
@@ -44,6 +45,8 @@ pub struct App {
     pub ws_config: WebSocketConfig,
     /// Frame routes and the integration client, when `[routes]` has any (SPEC section 6).
     pub routing: Option<Routing>,
+    /// The reverse proxy's paths and TLS client, when `[[proxy]]` has any (SPEC section 9).
+    pub proxy: Option<Proxy>,
 }
 
 /// The route table and the client its integrations are called with.
@@ -62,6 +65,7 @@ impl App {
         metrics: Arc<Metrics>,
         auth: Option<Arc<Authenticator>>,
         routing: Option<Routing>,
+        proxy: Option<Proxy>,
     ) -> Arc<App> {
         let limits = &config.limits;
         let ws_config = WebSocketConfig::default()
@@ -80,6 +84,7 @@ impl App {
             hard_stop: CancellationToken::new(),
             ws_config,
             routing,
+            proxy,
         })
     }
 

@@ -30,6 +30,11 @@ impl Failure {
                 status: StatusCode::GONE,
                 message: "no such connection".into(),
             },
+            SendError::Proxied(_) => Failure {
+                code: ErrorCode::BadRequest,
+                status: StatusCode::CONFLICT,
+                message: chain(e),
+            },
             SendError::Router(e) => Failure::of_router(e),
             SendError::Unavailable(e) => Failure::of_bus(e),
         }

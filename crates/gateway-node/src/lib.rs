@@ -10,6 +10,7 @@
 //! - [`tls`]: the wss:// certificate, reloaded on SIGHUP.
 //! - [`routes`], [`integration`]: route selection for client frames and the HTTP calls to
 //!   their backends (API-gateway mode).
+//! - [`proxy`]: the WebSocket reverse proxy (`[[proxy]]` paths relayed to upstreams).
 //! - [`admin`]: health, metrics and the management API.
 //! - [`metrics`]: metric names and registry; deliveries counted once per fan-out.
 //! - [`drain`]: the SIGTERM sequence.
@@ -29,6 +30,7 @@ pub mod error;
 pub mod integration;
 pub mod jwks;
 pub mod metrics;
+pub mod proxy;
 pub mod routes;
 pub mod server;
 pub mod telemetry;
@@ -71,6 +73,8 @@ pub struct Preflight {
     pub tls: Option<tls::Tls>,
     /// The route table, when `[routes]` has any.
     pub routes: Option<routes::RouteTable>,
+    /// The reverse proxy, when `[[proxy]]` has any.
+    pub proxy: Option<proxy::Proxy>,
 }
 
 /// Everything about a configuration that can be checked without the network: what the node
@@ -78,6 +82,7 @@ pub struct Preflight {
 pub fn preflight(config: &Config) -> anyhow::Result<Preflight> {
     check_supported(config)?;
     let routes = routes::RouteTable::from_config(&config.routes)?;
+    let proxy = proxy::Proxy::from_config(config)?;
     let tls = if config.server.tls_cert_file.is_empty() {
         None
     } else {
@@ -98,7 +103,12 @@ pub fn preflight(config: &Config) -> anyhow::Result<Preflight> {
         .as_ref()
         .map(|a| Authenticator::from_config(a).context("loading [auth] keys"))
         .transpose()?;
-    Ok(Preflight { auth, tls, routes })
+    Ok(Preflight {
+        auth,
+        tls,
+        routes,
+        proxy,
+    })
 }
 
 /// Refuses configuration this version cannot honour yet, rather than ignoring it silently.
@@ -109,7 +119,6 @@ fn check_supported(config: &Config) -> anyhow::Result<()> {
             config.presence.iter().any(|p| p.events),
             "[[presence]] events",
         ),
-        (!config.proxy.is_empty(), "[[proxy]]"),
         (!config.server.write_delay.is_zero(), "server.write_delay"),
         (
             !config.telemetry.otlp_endpoint.is_empty(),
@@ -166,7 +175,12 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let stop_background = CancellationToken::new();
     let background = TaskTracker::new();
-    let Preflight { auth, tls, routes } = preflight(&config)?;
+    let Preflight {
+        auth,
+        tls,
+        routes,
+        proxy,
+    } = preflight(&config)?;
     let auth = match (auth, config.auth.as_ref()) {
         (Some(auth), Some(a)) if auth.wants_jwks() => {
             let jwks = jwks::Jwks::load(&a.jwks_file, &a.jwks_url, a.jwks_refresh)
@@ -207,7 +221,7 @@ pub async fn run(
                 .context("building the integration HTTP client")?,
         }),
     };
-    let app = App::new(config.clone(), router, metrics, auth, routing);
+    let app = App::new(config.clone(), router, metrics, auth, routing, proxy);
 
     let client_addr = listeners.client.local_addr()?;
     let admin_addr = listeners.admin.local_addr()?;

@@ -24,7 +24,6 @@ use tokio_util::task::TaskTracker;
 use tower_service::Service;
 
 use crate::app::App;
-use crate::error::ApiError;
 use crate::ws::limits::{PendingSlot, Slots};
 
 /// Largest request line plus headers, in bytes (SPEC section 3): over it the answer is 431.
@@ -54,12 +53,13 @@ pub struct ServeOptions {
     pub tls: Option<TlsAcceptor>,
 }
 
-/// `server.path` upgrades; everything else is 404 with a JSON body.
+/// `server.path` (matched exactly) upgrades to a wsgate session; paths under a `[[proxy]]`
+/// prefix are proxied; everything else is 404 with a JSON body.
 pub fn client_router(app: Arc<App>) -> axum::Router {
     let path = app.config.server.path.clone();
     axum::Router::new()
         .route(&path, get(crate::ws::handshake::upgrade))
-        .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .fallback(crate::proxy::session::upgrade_or_404)
         .with_state(app)
 }
 

@@ -31,6 +31,10 @@ pub enum SendError {
     /// No node holds the connection.
     #[error("connection {0} does not exist")]
     NotFound(String),
+    /// The connection is a proxied session (SPEC section 9): it speaks its upstream's
+    /// protocol, so wsgate frames have no place in it.
+    #[error("connection {0} is a proxied session and takes no wsgate frames")]
+    Proxied(String),
     /// The message is too large or unencodable.
     #[error(transparent)]
     Router(#[from] RouterError),

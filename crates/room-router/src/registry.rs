@@ -45,8 +45,6 @@ pub struct ConnInfo {
     pub kind: SessionKind,
     /// The request path.
     pub path: String,
-    /// The proxied upstream, for proxy sessions.
-    pub upstream: Option<String>,
 }
 
 /// One live connection, shared by the session task, the registry and every room it is in.
@@ -64,6 +62,9 @@ pub struct ConnHandle {
     rooms: Mutex<Vec<RoomName>>,
     /// Milliseconds since the Unix epoch of the last client message.
     last_active_ms: AtomicU64,
+    /// The upstream a proxied session relays to; it changes when a lost upstream is
+    /// replaced.
+    upstream: Mutex<Option<String>>,
 }
 
 fn unix_ms(t: SystemTime) -> u64 {
@@ -81,7 +82,18 @@ impl ConnHandle {
             info,
             rooms: Mutex::new(Vec::new()),
             last_active_ms: AtomicU64::new(now),
+            upstream: Mutex::new(None),
         }
+    }
+
+    /// The upstream of a proxied session, for `/sessions`.
+    pub fn upstream(&self) -> Option<String> {
+        self.upstream.lock().clone()
+    }
+
+    /// Records the upstream a proxied session relays to now.
+    pub fn set_upstream(&self, upstream: Option<String>) {
+        *self.upstream.lock() = upstream;
     }
 
     /// Records client activity.

@@ -330,7 +330,6 @@ mod tests {
                 connected_at: std::time::SystemTime::now(),
                 kind: SessionKind::Room,
                 path: "/ws".into(),
-                upstream: None,
             },
         ));
         if let Some(d) = delay {

@@ -12,7 +12,7 @@ use protocol::{
 use crate::bus::{Bus, BusSink};
 use crate::error::{BusError, RouterError, SendError};
 use crate::outbound::{Deliveries, Framer, PushError, Pushed};
-use crate::registry::{ConnHandle, Registry};
+use crate::registry::{ConnHandle, Registry, SessionKind};
 use crate::rooms::{Encodings, Rooms};
 use crate::views::{ConnectionView, NodeView, RoomPresence};
 
@@ -144,7 +144,10 @@ impl BusSink for LocalNode {
                 );
             }
             EnvelopeBody::Direct { to, from, data } => {
-                if let Some(conn) = self.registry.get(to.as_str()) {
+                // A proxied session takes no wsgate frames: a send from another node to one
+                // is dropped here (the sender could not tell it from a room connection).
+                let conn = self.registry.get(to.as_str());
+                if let Some(conn) = conn.filter(|c| c.info.kind == SessionKind::Room) {
                     let frame = ServerFrame::Direct { from, data };
                     // The sending node checked the size for both encodings already.
                     let _ = self.push_direct(&conn, &frame, usize::MAX);
@@ -364,6 +367,9 @@ impl Router {
         let frame = ServerFrame::Direct { from, data };
         let max = self.options.max_message_bytes;
         if let Some(conn) = self.local.registry.get(to.as_str()) {
+            if conn.info.kind == SessionKind::Proxy {
+                return Err(SendError::Proxied(to.to_string()));
+            }
             return Ok(self.local.push_direct(&conn, &frame, max)?);
         }
         check_size(&mut Encodings::new(&frame, self.options.framer), max)?;

@@ -108,7 +108,6 @@ async fn connect(router: &Router, encoding: Encoding, cap: usize) -> Arc<ConnHan
             connected_at: SystemTime::now(),
             kind: SessionKind::Room,
             path: "/ws".into(),
-            upstream: None,
         },
     ));
     router.register(conn.clone()).await;

@@ -105,7 +105,6 @@ fn connect(router: &Router) -> Arc<ConnHandle> {
             connected_at: SystemTime::now(),
             kind: SessionKind::Room,
             path: "/ws".into(),
-            upstream: None,
         },
     ));
     futures_executor(router.register(conn.clone()));

@@ -43,7 +43,7 @@ pub async fn sessions(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
                 "id": c.id.as_str(),
                 "kind": c.info.kind.as_str(),
                 "path": c.info.path,
-                "upstream": c.info.upstream,
+                "upstream": c.upstream(),
                 "remote_addr": std::net::SocketAddr::new(c.info.source_ip, c.info.source_port).to_string(),
                 "sub": c.info.sub,
                 "connected_at": rfc3339(c.info.connected_at),

@@ -256,8 +256,20 @@ impl Config {
                 ));
             }
             check_path("proxy.path", &p.path)?;
+            if p.path.trim_end_matches('/') == self.server.path.trim_end_matches('/') {
+                return Err(invalid(
+                    "proxy.path",
+                    format!("{:?} is server.path", p.path),
+                ));
+            }
             if p.upstreams.is_empty() {
                 return Err(invalid("proxy.upstreams", "needs at least one upstream"));
+            }
+            if p.connect_timeout.is_zero() || p.idle_timeout.is_zero() {
+                return Err(invalid(
+                    "proxy.connect_timeout",
+                    "connect_timeout and idle_timeout must be greater than 0",
+                ));
             }
         }
         Ok(())

@@ -19,6 +19,7 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::WebSocketStream;
 
 use crate::app::App;
+use crate::auth::Identity;
 use crate::error::ApiError;
 use crate::integration::{Caller, LIFECYCLE_ANSWER_BYTES};
 use crate::ws::limits::{PendingSlot, Slot, SlotError};
@@ -28,7 +29,7 @@ use crate::ws::tls_socket::{TlsSocket, TlsTransport};
 use tokio_rustls::server::TlsStream;
 
 /// Seconds a refused client should wait before retrying a 503.
-const RETRY_AFTER_SECS: u32 = 5;
+pub(crate) const RETRY_AFTER_SECS: u32 = 5;
 
 fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
     headers.get_all(name).iter().any(|v| {
@@ -40,14 +41,14 @@ fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) 
 
 /// A slot taken for this upgrade: given back to the connection when the upgrade is refused,
 /// since the connection stays open (keep-alive) and still counts against the limits.
-struct Taken {
+pub(crate) struct Taken {
     slot: Option<Slot>,
     home: Option<PendingSlot>,
 }
 
 impl Taken {
     /// The upgrade goes ahead: the session holds the slot from now on.
-    fn keep(mut self) -> Option<Slot> {
+    pub(crate) fn keep(mut self) -> Option<Slot> {
         self.slot.take()
     }
 }
@@ -147,22 +148,22 @@ fn connect_rooms(body: &[u8]) -> Vec<RoomName> {
         .unwrap_or_default()
 }
 
-/// The upgrade handler.
-pub async fn upgrade(
-    State(app): State<Arc<App>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    mut req: Request,
-) -> Response {
-    let headers = req.headers();
+/// A refused handshake's answer (boxed: a response is large, and refusals are rare).
+pub(crate) type Refused = Box<Response>;
+
+/// A WebSocket upgrade request's key, or the refusal of a request that is not one.
+pub(crate) fn check_upgrade(headers: &HeaderMap) -> Result<HeaderValue, Refused> {
     if !header_has_token(headers, header::UPGRADE, "websocket")
         || !header_has_token(headers, header::CONNECTION, "upgrade")
     {
-        return ApiError::new(
-            StatusCode::UPGRADE_REQUIRED,
-            ErrorCode::BadRequest,
-            "expected a WebSocket upgrade",
-        )
-        .into_response();
+        return Err(Box::new(
+            ApiError::new(
+                StatusCode::UPGRADE_REQUIRED,
+                ErrorCode::BadRequest,
+                "expected a WebSocket upgrade",
+            )
+            .into_response(),
+        ));
     }
     if headers
         .get(header::SEC_WEBSOCKET_VERSION)
@@ -178,57 +179,137 @@ pub async fn upgrade(
             header::SEC_WEBSOCKET_VERSION,
             HeaderValue::from_static("13"),
         );
-        return resp;
+        return Err(Box::new(resp));
     }
-    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY).cloned() else {
-        return ApiError::bad_request("missing Sec-WebSocket-Key").into_response();
-    };
+    headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .cloned()
+        .ok_or_else(|| Box::new(ApiError::bad_request("missing Sec-WebSocket-Key").into_response()))
+}
 
-    if app.draining() {
-        return ApiError::unavailable("node is draining: connect to another node")
-            .retry_after(RETRY_AFTER_SECS)
-            .into_response();
-    }
+/// The connection's slot (taken at accept, or now), or the 503 or 429 refusal.
+pub(crate) fn take_slot(app: &App, req: &Request, peer: SocketAddr) -> Result<Taken, Refused> {
     let pending = req.extensions().get::<PendingSlot>().cloned();
     let taken = match pending.as_ref() {
         Some(p) => p.take(&app.slots, peer.ip()),
         None => app.slots.acquire(peer.ip()),
     };
-    let slot = match taken {
-        Ok(slot) => Taken {
+    match taken {
+        Ok(slot) => Ok(Taken {
             slot: Some(slot),
             home: pending,
-        },
-        Err(SlotError::NodeFull) => {
-            return ApiError::unavailable("node is full")
+        }),
+        Err(SlotError::NodeFull) => Err(Box::new(
+            ApiError::unavailable("node is full")
                 .retry_after(RETRY_AFTER_SECS)
-                .into_response()
-        }
-        Err(SlotError::PerIp) => {
-            return ApiError::new(
+                .into_response(),
+        )),
+        Err(SlotError::PerIp) => Err(Box::new(
+            ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 ErrorCode::RateLimited,
                 "too many connections from this address",
             )
-            .into_response()
-        }
-    };
+            .into_response(),
+        )),
+    }
+}
+
+/// Refuses (403) an `Origin` not in `server.allowed_origins`, when that is set.
+pub(crate) fn check_origin(app: &App, headers: &HeaderMap) -> Result<(), Refused> {
     let allowed = &app.config.server.allowed_origins;
-    if !allowed.is_empty() {
-        if let Some(origin) = headers.get(header::ORIGIN) {
-            let ok = origin
-                .to_str()
-                .map(|o| allowed.iter().any(|a| a == o))
-                .unwrap_or(false);
-            if !ok {
-                return ApiError::new(
-                    StatusCode::FORBIDDEN,
-                    ErrorCode::Forbidden,
-                    "origin not allowed",
+    if allowed.is_empty() {
+        return Ok(());
+    }
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return Ok(());
+    };
+    let ok = origin
+        .to_str()
+        .map(|o| allowed.iter().any(|a| a == o))
+        .unwrap_or(false);
+    if ok {
+        Ok(())
+    } else {
+        Err(Box::new(
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                ErrorCode::Forbidden,
+                "origin not allowed",
+            )
+            .into_response(),
+        ))
+    }
+}
+
+/// The token's identity when `[auth]` is configured (none otherwise), or the 401 refusal.
+pub(crate) async fn authenticate(
+    app: &App,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> Result<Option<Identity>, Refused> {
+    let Some(auth) = &app.auth else {
+        return Ok(None);
+    };
+    let verified = match auth.find_token(headers, query) {
+        None => Err(crate::auth::AuthError::Missing),
+        Some(t) => auth.verify_fresh(&t).await,
+    };
+    match verified {
+        Ok(identity) => Ok(Some(identity)),
+        Err(e) => {
+            app.metrics.auth_failure(e.reason());
+            tracing::debug!(peer = %peer, reason = e.reason(), "handshake refused");
+            Err(Box::new(
+                ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    ErrorCode::Unauthorized,
+                    e.to_string(),
                 )
-                .into_response();
-            }
+                .into_response(),
+            ))
         }
+    }
+}
+
+/// The 101 answer to a handshake with `key`, with the chosen subprotocol.
+pub(crate) fn switching_protocols(key: &HeaderValue, protocol: Option<&str>) -> Response {
+    let mut resp = StatusCode::SWITCHING_PROTOCOLS.into_response();
+    let h = resp.headers_mut();
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    if let Ok(accept) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    }
+    if let Some(p) = protocol.and_then(|p| HeaderValue::from_str(p).ok()) {
+        h.insert(header::SEC_WEBSOCKET_PROTOCOL, p);
+    }
+    resp
+}
+
+/// The upgrade handler.
+pub async fn upgrade(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    mut req: Request,
+) -> Response {
+    let key = match check_upgrade(req.headers()) {
+        Ok(key) => key,
+        Err(refusal) => return *refusal,
+    };
+    if app.draining() {
+        return ApiError::unavailable("node is draining: connect to another node")
+            .retry_after(RETRY_AFTER_SECS)
+            .into_response();
+    }
+    let slot = match take_slot(&app, &req, peer) {
+        Ok(slot) => slot,
+        Err(refusal) => return *refusal,
+    };
+    let headers = req.headers();
+    if let Err(refusal) = check_origin(&app, headers) {
+        return *refusal;
     }
     let offered: Vec<&str> = headers
         .get_all(header::SEC_WEBSOCKET_PROTOCOL)
@@ -243,28 +324,9 @@ pub async fn upgrade(
         )
         .into_response();
     };
-    let identity = match &app.auth {
-        None => None,
-        Some(auth) => {
-            let token = auth.find_token(headers, req.uri().query());
-            let verified = match token {
-                None => Err(crate::auth::AuthError::Missing),
-                Some(t) => auth.verify_fresh(&t).await,
-            };
-            match verified {
-                Ok(identity) => Some(identity),
-                Err(e) => {
-                    app.metrics.auth_failure(e.reason());
-                    tracing::debug!(peer = %peer, reason = e.reason(), "handshake refused");
-                    return ApiError::new(
-                        StatusCode::UNAUTHORIZED,
-                        ErrorCode::Unauthorized,
-                        e.to_string(),
-                    )
-                    .into_response();
-                }
-            }
-        }
+    let identity = match authenticate(&app, peer, headers, req.uri().query()).await {
+        Ok(identity) => identity,
+        Err(refusal) => return *refusal,
     };
     let id = ConnectionId::random();
     let connected_at = SystemTime::now();
@@ -312,7 +374,6 @@ pub async fn upgrade(
             connected_at,
             kind: SessionKind::Room,
             path: req.uri().path().to_owned(),
-            upstream: None,
         },
     ));
     let session_app = app.clone();
@@ -370,18 +431,9 @@ pub async fn upgrade(
         drop(slot);
     });
 
-    let mut resp = StatusCode::SWITCHING_PROTOCOLS.into_response();
-    let h = resp.headers_mut();
-    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    if let Ok(accept) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
-        h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
-    }
-    if let Negotiated::Chosen(e) = negotiated {
-        h.insert(
-            header::SEC_WEBSOCKET_PROTOCOL,
-            HeaderValue::from_static(e.subprotocol()),
-        );
-    }
-    resp
+    let chosen = match negotiated {
+        Negotiated::Chosen(e) => Some(e.subprotocol()),
+        _ => None,
+    };
+    switching_protocols(&key, chosen)
 }

@@ -70,10 +70,20 @@ pub fn spawn_disconnect(app: &Arc<App>, caller: Caller, code: u16, reason: Strin
     });
 }
 
-/// A connection counted and reachable until this is dropped.
-struct Registered {
+/// A connection counted and reachable until this is dropped (room and proxied sessions).
+pub(crate) struct Registered {
     app: Arc<App>,
     conn: Arc<ConnHandle>,
+}
+
+impl Registered {
+    /// Counts the connection active; armed before the registration, so that whatever ends
+    /// the task (its end, a panic, the task dropped mid-await) unregisters it and no ghost
+    /// member or affinity record outlives it.
+    pub(crate) fn new(app: Arc<App>, conn: Arc<ConnHandle>) -> Registered {
+        app.metrics.connections_active.inc();
+        Registered { app, conn }
+    }
 }
 
 impl Drop for Registered {
@@ -202,14 +212,7 @@ impl Session {
         // Declared first, dropped last: whatever ends the task, the socket and the queue are
         // let go of, even while a member snapshot somewhere still holds the connection.
         let _detach = Detach(self.conn.clone());
-        // Armed before the registration: whatever ends this task (the end of the session, a
-        // panic unwinding through it, the task dropped mid-await) unregisters the connection,
-        // so no ghost member or affinity record outlives it.
-        let registered = Registered {
-            app: app.clone(),
-            conn: self.conn.clone(),
-        };
-        app.metrics.connections_active.inc();
+        let registered = Registered::new(app.clone(), self.conn.clone());
         app.router.register(self.conn.clone()).await;
         app.metrics.connections.inc();
         for room in &rooms {
@@ -756,7 +759,7 @@ mod tests {
         );
         let metrics =
             crate::metrics::Metrics::new(router.clone(), crate::metrics::DeliveryMetrics::new());
-        let app = App::new(config.clone(), router, metrics, None, None);
+        let app = App::new(config.clone(), router, metrics, None, None, None);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let stop = tokio_util::sync::CancellationToken::new();
