@@ -2,7 +2,7 @@
 # Reproduces loadtest/RESULTS.md: nodes pinned to CPU 0, the harness (and Redis) pinned to
 # CPU 1, fresh nodes per scenario.
 #
-#   loadtest/bench.sh [idle|floor|broadcast|cluster|stall|tls|all]   (default: all)
+#   loadtest/bench.sh [idle|floor|broadcast|cluster|stall|tls|proxy|all]   (default: all)
 #
 # idle       18,000 idle connections on one embedded node
 # floor      the same fan-out as broadcast as bare loopback TCP sends: the machine's floor
@@ -14,6 +14,10 @@
 #            runtime threads), since the question is whether it blocks a thread.
 # tls        broadcast's load over wss:// and over ws://, alternating twice, one node each:
 #            what TLS costs per delivery
+# proxy      1,000 clients x 50 messages/s of 100 bytes to an echo upstream (CPU 1, with the
+#            harness): straight, through wsgate's [[proxy]] and through nginx (Debian's package,
+#            installed when missing; one worker), both proxies on CPU 0, alternating twice:
+#            added latency and proxy CPU per relayed message
 #
 # NODE_BIN=path/to/gateway-node compares another build (e.g. an older commit) under the same
 # harness; OUT=dir sets where result files go (default loadtest/results).
@@ -22,8 +26,8 @@ cd "$(dirname "$0")/.."
 
 scenario="${1:-all}"
 case "$scenario" in
-  idle | floor | broadcast | cluster | stall | tls | all) ;;
-  *) echo "usage: $0 [idle|floor|broadcast|cluster|stall|tls|all]" >&2; exit 2 ;;
+  idle | floor | broadcast | cluster | stall | tls | proxy | all) ;;
+  *) echo "usage: $0 [idle|floor|broadcast|cluster|stall|tls|proxy|all]" >&2; exit 2 ;;
 esac
 out="${OUT:-loadtest/results}"
 mkdir -p "$out"
@@ -168,12 +172,85 @@ run_tls() {
   stop_node
 }
 
+# nginx as a WebSocket reverse proxy of $1 (the upstream's port) on port $2, one process (no
+# master) pinned to CPU 0; sets nginx_pid.
+start_nginx() {
+  if ! command -v nginx >/dev/null; then
+    echo "bench.sh: installing nginx-light" >&2
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq nginx-light >/dev/null
+  fi
+  local dir
+  dir="$(realpath "$out")/nginx"
+  mkdir -p "$dir"
+  cat >"$dir/nginx.conf" <<CONF
+daemon off;
+master_process off;
+worker_processes 1;
+worker_rlimit_nofile 8192;
+error_log $dir/error.log warn;
+pid $dir/nginx.pid;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $dir; proxy_temp_path $dir; fastcgi_temp_path $dir;
+  uwsgi_temp_path $dir; scgi_temp_path $dir;
+  server {
+    listen 127.0.0.1:$2;
+    location /ws/echo {
+      proxy_pass http://127.0.0.1:$1/;
+      proxy_http_version 1.1;
+      proxy_set_header Upgrade \$http_upgrade;
+      proxy_set_header Connection "upgrade";
+      proxy_read_timeout 3600s;
+      proxy_send_timeout 3600s;
+    }
+  }
+}
+CONF
+  taskset -c 0 nginx -c "$dir/nginx.conf" -p "$dir" &
+  nginx_pid=$!
+  for _ in $(seq 1 50); do
+    curl -s -o /dev/null "http://127.0.0.1:$2/" && return 0
+    sleep 0.1
+  done
+  echo "bench.sh: nginx did not start" >&2
+  cat "$dir/error.log" >&2
+  exit 1
+}
+
+run_proxy() {
+  stop_extra
+  local up_port=19500 nginx_port=19501
+  taskset -c 1 "$harness" echo-upstream --listen "127.0.0.1:$up_port" 2>"$out/echo.log" &
+  extra_pids+=($!)
+  sleep 0.5
+  local load=(--clients 1000 --rate 50 --duration 20s --size 100)
+  printf '[[proxy]]\npath = "/ws/echo"\nupstreams = ["ws://127.0.0.1:%s/"]\n' "$up_port" \
+    >"$out/proxy.toml"
+  for round in 1 2; do
+    taskset -c 1 "$harness" proxy --url "ws://127.0.0.1:$up_port/" "${load[@]}" \
+      --out "$out/proxy-direct-$round.json"
+    start_node --config "$out/proxy.toml"
+    taskset -c 1 "$harness" proxy --url "ws://127.0.0.1:$port/ws/echo" --node-pid "$node_pid" \
+      "${load[@]}" --out "$out/proxy-wsgate-$round.json"
+    stop_node
+    start_nginx "$up_port" "$nginx_port"
+    taskset -c 1 "$harness" proxy --url "ws://127.0.0.1:$nginx_port/ws/echo" \
+      --node-pid "$nginx_pid" "${load[@]}" --out "$out/proxy-nginx-$round.json"
+    stop_pids "$nginx_pid"
+  done
+  stop_extra
+}
+
 case "$scenario" in
+  proxy) run_proxy ;;
   tls) run_tls ;;
   stall) run_stall ;;
   idle) run_idle ;;
   floor) run_floor ;;
   broadcast) run_broadcast ;;
   cluster) run_cluster ;;
-  all) run_idle; run_floor; run_broadcast; run_cluster; run_stall; run_tls ;;
+  all) run_idle; run_floor; run_broadcast; run_cluster; run_stall; run_tls; run_proxy ;;
 esac

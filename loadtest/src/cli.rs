@@ -40,6 +40,11 @@ pub enum Command {
     /// The kernel's own cost of the same fan-out with no gateway: the floor that `broadcast`
     /// figures are read against (run both in one session; the machine's speed varies).
     Floor(FloorArgs),
+    /// Clients each sending `--rate` messages/s to an echo server and timing the echoes:
+    /// through wsgate's `[[proxy]]`, through nginx, or to the upstream directly.
+    Proxy(ProxyArgs),
+    /// A WebSocket echo server (the upstream of `proxy`), on one thread.
+    EchoUpstream(EchoArgs),
     /// Internal: one worker process of a scenario; reads its job as JSON on stdin.
     #[command(hide = true)]
     Worker,
@@ -181,6 +186,40 @@ pub struct FloorArgs {
     /// Also write the result as JSON here.
     #[arg(long)]
     pub out: Option<PathBuf>,
+}
+
+/// `proxy`.
+#[derive(Debug, Clone, Args)]
+pub struct ProxyArgs {
+    /// WebSocket URL of the echo service (a proxy path, or the upstream itself).
+    #[arg(long, default_value = "ws://127.0.0.1:8080/ws/echo")]
+    pub url: String,
+    /// Client connections.
+    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub clients: u64,
+    /// Messages per second per client.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate: u32,
+    /// Sending time.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "20s")]
+    pub duration: Duration,
+    /// Bytes per message.
+    #[arg(long, default_value_t = 100)]
+    pub size: usize,
+    /// PID of the proxy process to measure (its CPU per relayed message); repeat for several.
+    #[arg(long = "node-pid")]
+    pub common_pids: Vec<u32>,
+    /// Also write the result as JSON here.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// `echo-upstream`.
+#[derive(Debug, Clone, Args)]
+pub struct EchoArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:9000")]
+    pub listen: std::net::SocketAddr,
 }
 
 #[cfg(test)]

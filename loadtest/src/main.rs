@@ -3,7 +3,9 @@
 //! Scenarios: `idle` (many held connections: connect rate, node RSS per connection) and
 //! `broadcast` (room members, publishers at a fixed rate: deliveries/s, loss, latency, node
 //! CPU per 1,000 deliveries), and `floor` (the same fan-out as bare loopback TCP sends, no
-//! gateway: what the machine itself allows, measured in the same session); `certs` writes a
+//! gateway: what the machine itself allows, measured in the same session), `proxy` (clients
+//! echoing through a WebSocket reverse proxy, wsgate's or nginx's, or straight to the
+//! `echo-upstream` server: latency and the proxy's CPU per relayed message); `certs` writes a
 //! test CA and certificate for wss:// runs. Client sockets are spread over worker processes (one process may
 //! hold only 20,000 files here) and over source addresses in 127.0.0.0/8. Meant for local
 //! nodes; every run is bounded in time. Exits non-zero only on harness errors (nothing could
@@ -17,6 +19,7 @@ mod floor;
 mod idle;
 mod probe;
 mod procstat;
+mod proxy;
 mod redis_stats;
 mod report;
 mod worker;
@@ -32,6 +35,8 @@ fn main() -> ExitCode {
         cli::Command::Idle(args) => runtime().and_then(|rt| rt.block_on(idle::run(args))),
         cli::Command::Broadcast(args) => runtime().and_then(|rt| rt.block_on(broadcast::run(args))),
         cli::Command::Floor(args) => floor::run(args),
+        cli::Command::Proxy(args) => runtime().and_then(|rt| rt.block_on(proxy::run(args))),
+        cli::Command::EchoUpstream(args) => runtime().and_then(|rt| rt.block_on(proxy::echo(args))),
         cli::Command::Certs { out } => certs::write(&out),
     };
     match result {

@@ -67,8 +67,16 @@ fn invalid_config_exits_non_zero_naming_the_key() {
             "telemetry.otlp_endpoint",
         ),
         (
-            "[[proxy]]\npath = \"/p\"\nupstreams = [\"ws://127.0.0.1:1\"]\n",
-            "[[proxy]]",
+            "[[proxy]]\npath = \"/p\"\nupstreams = [\"http://127.0.0.1:1\"]\n",
+            "proxy.upstreams",
+        ),
+        (
+            "[[proxy]]\npath = \"/ws\"\nupstreams = [\"ws://127.0.0.1:1\"]\n",
+            "proxy.path",
+        ),
+        (
+            "[[proxy]]\npath = \"/p\"\nupstreams = [\"ws://127.0.0.1:1\"]\nauth = \"jwt\"\n",
+            "proxy.auth",
         ),
     ] {
         let p = write(&dir, body);

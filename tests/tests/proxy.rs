@@ -630,7 +630,7 @@ async fn drain_gives_clients_1012_and_upstreams_1001() {
 async fn limits_apply_to_proxied_sessions() {
     let up = Upstream::start(Behaviour::Echo).await;
     let node = Node::start(&format!(
-        "[limits]\nmax_connections_per_ip = 1\n{}",
+        "[limits]\nmax_connections_per_ip = 1\nmessages_per_second = 20\nmessages_burst = 20\n{}",
         config(&[up.url("/")], "")
     ))
     .await;
@@ -639,6 +639,25 @@ async fn limits_apply_to_proxied_sessions() {
     let (status, _, _) = refusal(connect(&node, "/ws/chat").await.unwrap_err());
     assert_eq!(status, 429);
     assert_eq!(node.metric("wsgate_connections_active").await, 1.0);
+    drop(ws);
+    node.metric_settles("wsgate_connections_active", 0.0).await;
+
+    // Over messages_per_second (20, burst 20), a client is read more slowly, not refused:
+    // 60 messages take about 2 s, and every one arrives.
+    let (mut ws, _) = connect(&node, "/ws/chat").await.unwrap();
+    let started = Instant::now();
+    for i in 0..60 {
+        ws.feed(Message::text(format!("m{i}"))).await.unwrap();
+    }
+    ws.flush().await.unwrap();
+    for i in 0..60 {
+        match next(&mut ws).await {
+            Some(Ok(Message::Text(t))) => assert_eq!(t.as_str(), format!("m{i}")),
+            other => panic!("expected m{i}, got {other:?}"),
+        }
+    }
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(1700), "{took:?}");
 }
 
 #[tokio::test]

@@ -26,6 +26,49 @@ pub type Reader = Box<dyn AsyncRead + Send + Unpin>;
 /// The writing end of a connection.
 pub type Writer = Box<dyn AsyncWrite + Send + Unpin>;
 
+/// A sender's message rate (`limits.messages_per_second`, `messages_burst`): over it, its
+/// next read waits, so a fast sender is slowed by TCP rather than refused.
+#[derive(Debug)]
+pub struct Throttle {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl Throttle {
+    /// `rate` messages per second, `burst` at once.
+    pub fn new(rate: u32, burst: u32) -> Throttle {
+        let burst = f64::from(burst.max(1));
+        Throttle {
+            rate: f64::from(rate.max(1)),
+            burst,
+            tokens: burst,
+            last: Instant::now(),
+        }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        if now > self.last {
+            let earned = (now - self.last).as_secs_f64() * self.rate;
+            self.tokens = (self.tokens + earned).min(self.burst);
+            self.last = now;
+        }
+    }
+
+    /// Counts `n` messages passed (the bucket may go below zero: they were read already).
+    fn take(&mut self, n: u64, now: Instant) {
+        self.refill(now);
+        self.tokens -= n as f64;
+    }
+
+    /// How long the next read must wait.
+    fn wait(&mut self, now: Instant) -> Option<std::time::Duration> {
+        self.refill(now);
+        (self.tokens < 0.0).then(|| std::time::Duration::from_secs_f64(-self.tokens / self.rate))
+    }
+}
+
 /// What a step found that the session decides on.
 #[derive(Debug)]
 pub enum Event {
@@ -76,6 +119,8 @@ pub struct Direction {
     unflushed: bool,
     /// `step` returned once after the direction finished.
     said_finished: bool,
+    /// The sender's message rate, when it is limited.
+    throttle: Option<Throttle>,
     /// Whole text or binary messages passed since the session last asked.
     pub messages: u64,
     /// When bytes last came from the sender.
@@ -118,10 +163,17 @@ impl Direction {
             source_done: false,
             unflushed: false,
             said_finished: false,
+            throttle: None,
             messages: 0,
             last_read: now,
             last_data: now,
         }
+    }
+
+    /// Limits the sender's message rate.
+    pub fn throttled(mut self, throttle: Throttle) -> Direction {
+        self.throttle = Some(throttle);
+        self
     }
 
     fn own_mask(&self) -> Option<[u8; 4]> {
@@ -307,6 +359,12 @@ impl Direction {
             let Some(reader) = self.reader.as_mut() else {
                 return self.idle().await;
             };
+            if let Some(throttle) = self.throttle.as_mut() {
+                if let Some(wait) = throttle.wait(Instant::now()) {
+                    tokio::time::sleep(wait).await;
+                    continue;
+                }
+            }
             if self.written == self.checked && self.checked > 0 {
                 self.buf.copy_within(self.checked..self.end, 0);
                 self.end -= self.checked;
@@ -356,6 +414,14 @@ impl Direction {
             if self.closing && self.written < self.checked {
                 break;
             }
+            // Over its message rate, the sender's next message waits where it is.
+            if !self.checker.mid_message() {
+                if let Some(throttle) = self.throttle.as_mut() {
+                    if throttle.wait(Instant::now()).is_some() {
+                        break;
+                    }
+                }
+            }
             match self.checker.step(&mut self.buf[self.checked..self.end]) {
                 Ok(Step::Pass {
                     len,
@@ -373,7 +439,12 @@ impl Direction {
                     if self.skipping {
                         self.written = self.checked;
                     } else {
-                        self.messages += ends_message as u64;
+                        if ends_message {
+                            self.messages += 1;
+                            if let Some(throttle) = self.throttle.as_mut() {
+                                throttle.take(1, Instant::now());
+                            }
+                        }
                         progressed = true;
                     }
                     if !self.checker.mid_frame() {

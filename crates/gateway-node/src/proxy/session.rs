@@ -24,7 +24,7 @@ use tokio::time::{sleep_until, Duration, Instant};
 use tokio_rustls::server::TlsStream;
 
 use super::frames::{cut_reason, Sender};
-use super::relay::{Direction, Event, Reader, Writer};
+use super::relay::{Direction, Event, Reader, Throttle, Writer};
 use super::upstream::{offered_protocols, Connected, Forward};
 use super::{has_dot_segment, ProxyRoute};
 use crate::app::App;
@@ -247,6 +247,7 @@ impl ProxySession {
     ) -> ProxySession {
         let max = app.config.limits.max_message_bytes;
         let (client_reader, client_writer, prefix) = client;
+        let limits = &app.config.limits;
         let to_upstream = Direction::new(
             client_reader,
             upstream.writer,
@@ -254,7 +255,11 @@ impl ProxySession {
             true,
             max,
             &prefix,
-        );
+        )
+        .throttled(Throttle::new(
+            limits.messages_per_second,
+            limits.messages_burst,
+        ));
         let to_client = Direction::new(
             upstream.reader,
             client_writer,
