@@ -46,12 +46,12 @@ pub async fn echo(args: EchoArgs) -> anyhow::Result<()> {
             };
             let (mut tx, mut rx) = ws.split();
             while let Some(Ok(msg)) = rx.next().await {
-                match msg {
-                    Message::Text(_) | Message::Binary(_) if tx.send(msg).await.is_err() => {
-                        return
-                    }
-                    Message::Close(_) => return,
-                    _ => {}
+                if matches!(msg, Message::Close(_)) {
+                    return;
+                }
+                let echo = matches!(msg, Message::Text(_) | Message::Binary(_));
+                if echo && tx.send(msg).await.is_err() {
+                    return;
                 }
             }
         });
