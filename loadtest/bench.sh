@@ -19,6 +19,7 @@
 #            installed when missing; one worker), both proxies on CPU 0, alternating twice:
 #            added latency and proxy CPU per relayed message
 #
+# ROUNDS=n sets the proxy scenario's rounds (default 2).
 # NODE_BIN=path/to/gateway-node compares another build (e.g. an older commit) under the same
 # harness; OUT=dir sets where result files go (default loadtest/results).
 set -euo pipefail
@@ -229,7 +230,7 @@ run_proxy() {
   local load=(--clients 1000 --rate 50 --duration 20s --size 100)
   printf '[[proxy]]\npath = "/ws/echo"\nupstreams = ["ws://127.0.0.1:%s/"]\n' "$up_port" \
     >"$out/proxy.toml"
-  for round in 1 2; do
+  for round in $(seq 1 "${ROUNDS:-2}"); do
     taskset -c 1 "$harness" proxy --url "ws://127.0.0.1:$up_port/" "${load[@]}" \
       --out "$out/proxy-direct-$round.json"
     start_node --config "$out/proxy.toml"

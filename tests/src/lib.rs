@@ -10,6 +10,7 @@
 //! - `client`: WebSocket clients and what they read.
 //! - `redis`: Redis topologies (standalone, password, TLS, Cluster, Sentinel).
 //! - `certs`: a test CA and server certificates.
+//! - `recorder`: an HTTP server that records requests (backends, an OTLP collector).
 //! - `upstream`: WebSocket upstreams for the reverse proxy (echo, subprotocol, silent, never
 //!   reading, flooding) that record what reaches them.
 
@@ -18,12 +19,14 @@ use std::time::Duration;
 mod certs;
 mod client;
 mod node;
+mod recorder;
 mod redis;
 mod upstream;
 
 pub use certs::*;
 pub use client::*;
 pub use node::*;
+pub use recorder::*;
 pub use redis::*;
 pub use upstream::*;
 

@@ -292,6 +292,9 @@ async fn auth_none_needs_no_token_and_the_upstream_chooses_the_subprotocol() {
     assert_eq!(protocol.as_deref(), Some("graphql-ws"));
     assert!(!up.last_seen().headers.contains_key("x-wsgate-sub"));
     echo(&mut ws, "anonymous").await;
+    // Relayed messages count as messages in (from the client) and delivered (to it).
+    node.metric_settles("wsgate_messages_in_total", 1.0).await;
+    node.metric_settles("wsgate_messages_delivered_total", 1.0).await;
 }
 
 #[tokio::test]

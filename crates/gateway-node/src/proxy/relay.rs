@@ -57,22 +57,27 @@ impl Throttle {
     }
 
     /// Counts `n` messages passed (the bucket may go below zero: they were read already).
-    fn take(&mut self, n: u64, now: Instant) {
-        self.refill(now);
+    fn take(&mut self, n: u64) {
         self.tokens -= n as f64;
     }
 
-    /// How long the next read must wait.
-    fn wait(&mut self, now: Instant) -> Option<std::time::Duration> {
-        self.refill(now);
-        (self.tokens < 0.0).then(|| std::time::Duration::from_secs_f64(-self.tokens / self.rate))
+    /// How long the next read must wait. The clock is read only when the bucket is empty:
+    /// refilling then, capped at the burst, passes what a continuous refill would.
+    fn wait(&mut self) -> Option<std::time::Duration> {
+        if self.tokens >= 1.0 {
+            return None;
+        }
+        self.refill(Instant::now());
+        (self.tokens < 1.0).then(|| {
+            std::time::Duration::from_secs_f64((1.0 - self.tokens) / self.rate)
+        })
     }
 }
 
 /// What a step found that the session decides on.
 #[derive(Debug)]
 pub enum Event {
-    /// Bytes moved.
+    /// The direction has just finished (the session looks whether the whole session has).
     Progress,
     /// The sender sent a close frame (nothing after it is read).
     Close {
@@ -121,12 +126,13 @@ pub struct Direction {
     said_finished: bool,
     /// The sender's message rate, when it is limited.
     throttle: Option<Throttle>,
-    /// Whole text or binary messages passed since the session last asked.
-    pub messages: u64,
-    /// When bytes last came from the sender.
-    pub last_read: Instant,
-    /// When a data frame last started (idle timeouts count messages, not pings).
-    pub last_data: Instant,
+    /// Told how many whole text or binary messages each batch passed (metrics, activity).
+    on_messages: Option<Box<dyn Fn(u64) + Send + Sync>>,
+    /// Reads that brought bytes: the session's timer notices whether this moved, rather
+    /// than every read reading the clock.
+    pub reads: u64,
+    /// Data frames begun (idle timeouts count messages, not pings).
+    pub data_frames: u64,
 }
 
 impl Direction {
@@ -141,7 +147,6 @@ impl Direction {
         max_message: usize,
         prefix: &[u8],
     ) -> Direction {
-        let now = Instant::now();
         let mut buf = vec![0u8; BUFFER.max(prefix.len())].into_boxed_slice();
         buf[..prefix.len()].copy_from_slice(prefix);
         Direction {
@@ -164,10 +169,16 @@ impl Direction {
             unflushed: false,
             said_finished: false,
             throttle: None,
-            messages: 0,
-            last_read: now,
-            last_data: now,
+            on_messages: None,
+            reads: 0,
+            data_frames: 0,
         }
+    }
+
+    /// Calls `f` with the number of whole messages each batch passed.
+    pub fn counted(mut self, f: impl Fn(u64) + Send + Sync + 'static) -> Direction {
+        self.on_messages = Some(Box::new(f));
+        self
     }
 
     /// Limits the sender's message rate.
@@ -323,7 +334,7 @@ impl Direction {
                             self.own_written = 0;
                             self.close_written |= self.close_queued;
                         }
-                        return Event::Progress;
+                        continue;
                     }
                 }
             }
@@ -338,7 +349,7 @@ impl Direction {
                     Ok(n) => {
                         self.written += n;
                         self.unflushed = true;
-                        return Event::Progress;
+                        continue;
                     }
                 }
             }
@@ -360,7 +371,7 @@ impl Direction {
                 return self.idle().await;
             };
             if let Some(throttle) = self.throttle.as_mut() {
-                if let Some(wait) = throttle.wait(Instant::now()) {
+                if let Some(wait) = throttle.wait() {
                     tokio::time::sleep(wait).await;
                     continue;
                 }
@@ -386,7 +397,7 @@ impl Direction {
                 }
                 Ok(n) => {
                     self.end += n;
-                    self.last_read = Instant::now();
+                    self.reads = self.reads.wrapping_add(1);
                 }
                 Err(e) => {
                     self.stop_reading();
@@ -409,6 +420,7 @@ impl Direction {
     /// Checks what was read; true when there is something new to write or to report.
     fn check(&mut self) -> bool {
         let mut progressed = false;
+        let mut messages = 0;
         while self.checked < self.end && self.pending.is_none() {
             // Dropping a frame needs everything before it written: the write range is one.
             if self.closing && self.written < self.checked {
@@ -417,7 +429,7 @@ impl Direction {
             // Over its message rate, the sender's next message waits where it is.
             if !self.checker.mid_message() {
                 if let Some(throttle) = self.throttle.as_mut() {
-                    if throttle.wait(Instant::now()).is_some() {
+                    if throttle.wait().is_some() {
                         break;
                     }
                 }
@@ -432,7 +444,7 @@ impl Direction {
                     if starts_frame {
                         self.skipping = self.closing;
                         if data && !self.skipping {
-                            self.last_data = self.last_read;
+                            self.data_frames = self.data_frames.wrapping_add(1);
                         }
                     }
                     self.checked += len;
@@ -440,9 +452,9 @@ impl Direction {
                         self.written = self.checked;
                     } else {
                         if ends_message {
-                            self.messages += 1;
+                            messages += 1;
                             if let Some(throttle) = self.throttle.as_mut() {
-                                throttle.take(1, Instant::now());
+                                throttle.take(1);
                             }
                         }
                         progressed = true;
@@ -459,15 +471,20 @@ impl Direction {
                     self.written = self.checked;
                     self.stop_reading();
                     self.pending = Some(Event::Close { code, reason });
-                    return true;
+                    progressed = true;
                 }
                 Ok(Step::Need) => break,
                 Err(v) => {
                     self.stop_reading();
                     self.end = self.checked;
                     self.pending = Some(Event::Violation(v));
-                    return true;
+                    progressed = true;
                 }
+            }
+        }
+        if messages > 0 {
+            if let Some(f) = &self.on_messages {
+                f(messages);
             }
         }
         progressed

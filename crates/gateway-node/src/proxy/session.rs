@@ -20,7 +20,7 @@ use hyper_util::rt::TokioIo;
 use protocol::{ConnectionId, Encoding};
 use room_router::{ConnHandle, ConnInfo, QueueLimits, SessionKind};
 use tokio::net::TcpStream;
-use tokio::time::{sleep_until, Duration, Instant};
+use tokio::time::{Duration, Instant};
 use tokio_rustls::server::TlsStream;
 
 use super::frames::{cut_reason, Sender};
@@ -232,6 +232,11 @@ struct ProxySession {
     lost: Option<String>,
     started: Instant,
     next_ping: Instant,
+    /// When the timer last saw bytes from the client, and data frames either way; and the
+    /// counters it saw then.
+    last_read: Instant,
+    last_data: Instant,
+    seen: (u64, u64),
     /// Set when the first close starts: the session ends by then whatever happens.
     deadline: Option<Instant>,
 }
@@ -259,7 +264,14 @@ impl ProxySession {
         .throttled(Throttle::new(
             limits.messages_per_second,
             limits.messages_burst,
-        ));
+        ))
+        .counted({
+            let counter = app.metrics.messages_in.clone();
+            move |n| {
+                counter.inc_by(n);
+            }
+        });
+        let delivered = app.metrics.deliveries.count.clone();
         let to_client = Direction::new(
             upstream.reader,
             client_writer,
@@ -267,7 +279,10 @@ impl ProxySession {
             false,
             max,
             &upstream.prefix,
-        );
+        )
+        .counted(move |n| {
+            delivered.inc_by(n);
+        });
         let now = Instant::now();
         ProxySession {
             next_ping: now + app.config.server.heartbeat,
@@ -281,6 +296,9 @@ impl ProxySession {
             fwd,
             lost: None,
             started: now,
+            last_read: now,
+            last_data: now,
+            seen: (0, 0),
             deadline: None,
         }
     }
@@ -292,18 +310,31 @@ impl ProxySession {
         app.router.register(self.conn.clone()).await;
         app.metrics.connections.inc();
         tracing::debug!(connection = %self.conn.id, upstream = %self.upstream, "proxied session open");
+        // Registered once, not per message: a fresh `cancelled()`, `notified()` or timer
+        // per loop turn would each take a lock to register and another to deregister.
         let hard_stop = app.hard_stop.clone();
         let stopped = hard_stop.cancelled();
         tokio::pin!(stopped);
+        let conn = self.conn.clone();
+        let requested = conn.outbound.ready();
+        tokio::pin!(requested);
+        let timer = tokio::time::sleep_until(self.next_wake());
+        tokio::pin!(timer);
         loop {
             if self.to_upstream.finished() && self.to_client.finished() {
                 break;
             }
+            // Traffic only moves the timeouts later: the timer fires early then, and is set
+            // again from what is due by then.
             let wake = self.next_wake();
+            if wake < timer.deadline() {
+                timer.as_mut().reset(wake);
+            }
             tokio::select! {
                 () = &mut stopped => break,
-                () = self.conn.outbound.ready() => {
-                    if let Some(code) = self.conn.outbound.close_requested() {
+                () = &mut requested => {
+                    requested.set(conn.outbound.ready());
+                    if let Some(code) = conn.outbound.close_requested() {
                         if self.deadline.is_none() {
                             self.gateway_close(code.as_u16(), code.reason());
                         }
@@ -311,17 +342,17 @@ impl ProxySession {
                 }
                 event = self.to_upstream.step() => self.on_client(event),
                 event = self.to_client.step() => self.on_upstream(event),
-                () = sleep_until(wake) => {
+                () = &mut timer => {
                     if self.deadline.is_some_and(|d| Instant::now() >= d) {
                         break;
                     }
                     self.on_timer();
+                    timer.as_mut().reset(self.next_wake());
                 }
             }
             if let Some(why) = self.lost.take() {
                 self.reconnect(why).await;
             }
-            self.count();
         }
         drop(registered);
         app.metrics.proxy_sessions_active.dec();
@@ -332,21 +363,6 @@ impl ProxySession {
         .await;
     }
 
-    /// Passes the messages counted by both directions to the metrics.
-    fn count(&mut self) {
-        let m = &self.app.metrics;
-        if self.to_upstream.messages > 0 {
-            m.messages_in
-                .inc_by(std::mem::take(&mut self.to_upstream.messages));
-            self.conn.touch();
-        }
-        if self.to_client.messages > 0 {
-            m.deliveries
-                .count
-                .inc_by(std::mem::take(&mut self.to_client.messages));
-        }
-    }
-
     /// The next time a timer may fire.
     fn next_wake(&self) -> Instant {
         if let Some(deadline) = self.deadline {
@@ -354,23 +370,41 @@ impl ProxySession {
         }
         let server = &self.app.config.server;
         let mut wake = self.next_ping;
-        wake = wake.min(self.to_upstream.last_read + server.heartbeat_timeout);
-        let last_data = self.to_upstream.last_data.max(self.to_client.last_data);
-        wake = wake.min(last_data + self.route.idle_timeout);
+        wake = wake.min(self.last_read + server.heartbeat_timeout);
+        wake = wake.min(self.last_data + self.route.idle_timeout);
         if !server.max_connection_duration.is_zero() {
             wake = wake.min(self.started + server.max_connection_duration);
         }
         wake
     }
 
+    /// Activity since the last look: the relay counts reads and data frames, and the time
+    /// of the look stands for them (so a timeout fires no earlier than due, and at most one
+    /// timer turn later).
+    fn observe(&mut self, now: Instant) {
+        let reads = self.to_upstream.reads;
+        let data = self
+            .to_upstream
+            .data_frames
+            .wrapping_add(self.to_client.data_frames);
+        if reads != self.seen.0 {
+            self.last_read = now;
+        }
+        if data != self.seen.1 {
+            self.last_data = now;
+            self.conn.touch();
+        }
+        self.seen = (reads, data);
+    }
+
     fn on_timer(&mut self) {
         let now = Instant::now();
+        self.observe(now);
         let server = &self.app.config.server;
-        if now >= self.to_upstream.last_read + server.heartbeat_timeout {
+        if now >= self.last_read + server.heartbeat_timeout {
             return self.gateway_close(4003, "no answer to heartbeat pings");
         }
-        let last_data = self.to_upstream.last_data.max(self.to_client.last_data);
-        if now >= last_data + self.route.idle_timeout {
+        if now >= self.last_data + self.route.idle_timeout {
             return self.gateway_close(4004, "idle timeout");
         }
         if !server.max_connection_duration.is_zero()
