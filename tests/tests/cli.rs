@@ -63,7 +63,7 @@ fn invalid_config_exits_non_zero_naming_the_key() {
             "auth.jwks_file",
         ),
         (
-            "[telemetry]\notlp_endpoint = \"http://127.0.0.1:4317\"\n",
+            "[telemetry]\notlp_endpoint = \"127.0.0.1:4318\"\n",
             "telemetry.otlp_endpoint",
         ),
         (

@@ -294,7 +294,8 @@ async fn auth_none_needs_no_token_and_the_upstream_chooses_the_subprotocol() {
     echo(&mut ws, "anonymous").await;
     // Relayed messages count as messages in (from the client) and delivered (to it).
     node.metric_settles("wsgate_messages_in_total", 1.0).await;
-    node.metric_settles("wsgate_messages_delivered_total", 1.0).await;
+    node.metric_settles("wsgate_messages_delivered_total", 1.0)
+        .await;
 }
 
 #[tokio::test]

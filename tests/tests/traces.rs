@@ -14,7 +14,11 @@ fn spans(collector: &Recorder) -> Vec<Value> {
         .filter_map(|r| serde_json::from_slice::<Value>(&r.body).ok())
         .flat_map(|body| {
             let mut out = Vec::new();
-            for rs in body["resourceSpans"].as_array().cloned().unwrap_or_default() {
+            for rs in body["resourceSpans"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+            {
                 let service = rs["resource"]["attributes"]
                     .as_array()
                     .into_iter()
@@ -52,14 +56,18 @@ async fn each_integration_call_is_a_span_whose_context_reaches_the_backend() {
         collector.url(""),
         backend.url("/echo"),
     );
-    let node = Node::start_with(NodeOptions::config(&config).env("OTEL_BSP_SCHEDULE_DELAY", "100"))
-        .await;
+    let node =
+        Node::start_with(NodeOptions::config(&config).env("OTEL_BSP_SCHEDULE_DELAY", "100")).await;
     let mut c = node.connect().await;
     let answer = c.request(json!({"action": "echo", "id": 1})).await;
     assert_eq!(answer["type"], "route_response");
 
     let call = backend.seen().pop().expect("the backend was called");
-    let traceparent = call.headers.get("traceparent").expect("a traceparent header").clone();
+    let traceparent = call
+        .headers
+        .get("traceparent")
+        .expect("a traceparent header")
+        .clone();
     let parts: Vec<&str> = traceparent.split('-').collect();
     assert_eq!(parts.len(), 4, "{traceparent}");
     assert_eq!(parts[0], "00");
@@ -79,6 +87,7 @@ async fn each_integration_call_is_a_span_whose_context_reaches_the_backend() {
         .unwrap();
     assert_eq!(span["traceId"].as_str(), Some(parts[1]));
     assert_eq!(span["name"], "integration");
+    assert_eq!(span["kind"], 3, "a client span");
     assert_eq!(span["service"], "wsgate-test");
     assert_eq!(
         attribute(span, "route").and_then(|v| v["stringValue"].as_str()),
@@ -87,9 +96,8 @@ async fn each_integration_call_is_a_span_whose_context_reaches_the_backend() {
     // OTLP/JSON writes 64-bit integers as strings; accept a number too.
     let status = attribute(span, "http.response.status_code").map(|v| v["intValue"].clone());
     assert!(
-        matches!(&status, Some(Value::String(s)) if s == "200")
-            || status == Some(json!(200)),
-        "{status:?}"
+        matches!(&status, Some(Value::String(s)) if s == "200") || status == Some(json!(200)),
+        "{status:?} in {span}"
     );
 }
 

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use protocol::{ConnectionId, NodeId};
 use serde_json::{json, Value};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tracing::Instrument;
 
 use crate::routes::Route;
 
@@ -181,14 +182,55 @@ impl Integrations {
         request: &Value,
         max_answer: usize,
     ) -> Result<Answer, String> {
-        let mut sent = self
+        let context = &request["requestContext"];
+        let span = tracing::info_span!(
+            "integration",
+            otel.kind = "client",
+            route = context["routeKey"].as_str().unwrap_or_default(),
+            event = context["eventType"].as_str().unwrap_or_default(),
+            connection = context["connectionId"].as_str().unwrap_or_default(),
+            server.address = route.url.host_str().unwrap_or_default(),
+            url.path = route.url.path(),
+            http.response.status_code = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+            error = tracing::field::Empty,
+        );
+        let result = self
+            .send(route, request, max_answer, &span)
+            .instrument(span.clone())
+            .await;
+        match &result {
+            Ok(answer) => {
+                span.record("http.response.status_code", i64::from(answer.status));
+                if answer.status >= 400 {
+                    span.record("otel.status_code", "ERROR");
+                }
+            }
+            Err(why) => {
+                span.record("otel.status_code", "ERROR");
+                span.record("error", why.as_str());
+            }
+        }
+        result
+    }
+
+    /// The call itself, with the span's trace context in its headers.
+    async fn send(
+        &self,
+        route: &Route,
+        request: &Value,
+        max_answer: usize,
+        span: &tracing::Span,
+    ) -> Result<Answer, String> {
+        let mut post = self
             .client
             .post(route.url.clone())
             .timeout(route.timeout)
-            .json(request)
-            .send()
-            .await
-            .map_err(|e| describe(&e))?;
+            .json(request);
+        for (name, value) in crate::telemetry::trace_headers(span) {
+            post = post.header(name, value);
+        }
+        let mut sent = post.send().await.map_err(|e| describe(&e))?;
         let status = sent.status().as_u16();
         let too_large = || format!("the integration's answer is over {max_answer} bytes");
         if sent.content_length().is_some_and(|n| n > max_answer as u64) {

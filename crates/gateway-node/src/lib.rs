@@ -120,10 +120,6 @@ fn check_supported(config: &Config) -> anyhow::Result<()> {
             "[[presence]] events",
         ),
         (!config.server.write_delay.is_zero(), "server.write_delay"),
-        (
-            !config.telemetry.otlp_endpoint.is_empty(),
-            "telemetry.otlp_endpoint",
-        ),
     ];
     for (used, what) in unsupported {
         if used {

@@ -66,9 +66,9 @@ fn run_node(cli: &Cli) -> anyhow::Result<()> {
     };
     let config =
         Arc::new(Config::load(cli.config.as_deref(), &flags).context("invalid configuration")?);
-    telemetry::init(&config.telemetry);
+    let telemetry = telemetry::init(&config.telemetry)?;
     let runtime = runtime().context("starting the runtime")?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         let client = bind(config.server.listen)
             .with_context(|| format!("binding server.listen {}", config.server.listen))?;
         let admin = tokio::net::TcpListener::bind(config.admin.listen)
@@ -97,7 +97,9 @@ fn run_node(cli: &Cli) -> anyhow::Result<()> {
             }
         });
         gateway_node::run(config, Listeners { client, admin }, shutdown, reload).await
-    })
+    });
+    telemetry.shutdown();
+    result
 }
 
 /// Accept backlog of the client listener. Reconnect storms (a drained or failed node's clients

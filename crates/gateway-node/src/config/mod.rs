@@ -156,6 +156,16 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let s = &self.server;
         check_path("server.path", &s.path)?;
+        let otlp = &self.telemetry.otlp_endpoint;
+        if !otlp.is_empty()
+            && !url::Url::parse(otlp)
+                .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
+        {
+            return Err(invalid(
+                "telemetry.otlp_endpoint",
+                format!("{otlp:?} is not an http:// or https:// URL"),
+            ));
+        }
         for (key, d) in self.durations() {
             if d > MAX_DURATION {
                 return Err(invalid(key, "must be at most 100 years"));

@@ -68,9 +68,8 @@ impl Throttle {
             return None;
         }
         self.refill(Instant::now());
-        (self.tokens < 1.0).then(|| {
-            std::time::Duration::from_secs_f64((1.0 - self.tokens) / self.rate)
-        })
+        (self.tokens < 1.0)
+            .then(|| std::time::Duration::from_secs_f64((1.0 - self.tokens) / self.rate))
     }
 }
 
