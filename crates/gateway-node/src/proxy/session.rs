@@ -330,8 +330,12 @@ impl ProxySession {
             if wake < timer.deadline() {
                 timer.as_mut().reset(wake);
             }
+            // Biased: the steps complete only on events (a close, a loss), never for traffic,
+            // so every branch is polled each turn and the order decides nothing but ties.
             tokio::select! {
-                () = &mut stopped => break,
+                biased;
+                event = self.to_client.step() => self.on_upstream(event),
+                event = self.to_upstream.step() => self.on_client(event),
                 () = &mut requested => {
                     requested.set(conn.outbound.ready());
                     if let Some(code) = conn.outbound.close_requested() {
@@ -340,8 +344,7 @@ impl ProxySession {
                         }
                     }
                 }
-                event = self.to_upstream.step() => self.on_client(event),
-                event = self.to_client.step() => self.on_upstream(event),
+                () = &mut stopped => break,
                 () = &mut timer => {
                     if self.deadline.is_some_and(|d| Instant::now() >= d) {
                         break;
