@@ -19,7 +19,8 @@
 #            installed when missing; one worker), both proxies on CPU 0, alternating twice:
 #            added latency and proxy CPU per relayed message
 #
-# ROUNDS=n sets the proxy scenario's rounds (default 2).
+# ROUNDS=n sets the proxy scenario's rounds (default 2), RATE=n its messages/s per client
+# (default 50; at 10 no CPU is saturated, which is where added latency can be read).
 # NODE_BIN=path/to/gateway-node compares another build (e.g. an older commit) under the same
 # harness; OUT=dir sets where result files go (default loadtest/results).
 set -euo pipefail
@@ -227,19 +228,20 @@ run_proxy() {
   taskset -c 1 "$harness" echo-upstream --listen "127.0.0.1:$up_port" 2>"$out/echo.log" &
   extra_pids+=($!)
   sleep 0.5
-  local load=(--clients 1000 --rate 50 --duration 20s --size 100)
+  local rate="${RATE:-50}"
+  local load=(--clients 1000 --rate "$rate" --duration 20s --size 100)
   printf '[[proxy]]\npath = "/ws/echo"\nupstreams = ["ws://127.0.0.1:%s/"]\n' "$up_port" \
     >"$out/proxy.toml"
   for round in $(seq 1 "${ROUNDS:-2}"); do
     taskset -c 1 "$harness" proxy --url "ws://127.0.0.1:$up_port/" "${load[@]}" \
-      --out "$out/proxy-direct-$round.json"
+      --out "$out/proxy-direct-$rate-$round.json"
     start_node --config "$out/proxy.toml"
     taskset -c 1 "$harness" proxy --url "ws://127.0.0.1:$port/ws/echo" --node-pid "$node_pid" \
-      "${load[@]}" --out "$out/proxy-wsgate-$round.json"
+      "${load[@]}" --out "$out/proxy-wsgate-$rate-$round.json"
     stop_node
     start_nginx "$up_port" "$nginx_port"
     taskset -c 1 "$harness" proxy --url "ws://127.0.0.1:$nginx_port/ws/echo" \
-      --node-pid "$nginx_pid" "${load[@]}" --out "$out/proxy-nginx-$round.json"
+      --node-pid "$nginx_pid" "${load[@]}" --out "$out/proxy-nginx-$rate-$round.json"
     stop_pids "$nginx_pid"
   done
   stop_extra
