@@ -29,6 +29,8 @@ pub enum Behaviour {
     Silent,
     /// Completes the handshake and never reads again.
     NoRead,
+    /// Refuses every handshake with 403.
+    Forbid,
 }
 
 /// Close frames received: code and reason, `(None, "lost")` for a connection that ended
@@ -198,6 +200,11 @@ where
             target: req.uri().to_string(),
             headers,
         });
+        if behaviour == Behaviour::Forbid {
+            let mut refusal = ErrorResponse::new(Some("no".into()));
+            *refusal.status_mut() = tokio_tungstenite::tungstenite::http::StatusCode::FORBIDDEN;
+            return Err(refusal);
+        }
         Ok(resp)
     };
     let Ok(ws) = tokio_tungstenite::accept_hdr_async(stream, callback).await else {

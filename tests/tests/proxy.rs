@@ -222,8 +222,18 @@ async fn paths_match_at_segment_boundaries_and_strip_like_kong() {
     let gateway = node.connect().await;
     assert_eq!(gateway.welcome["type"], "welcome");
     // A dot segment would leave the upstream's path.
-    let (status, body, _) = refusal(connect(&node, "/ws/chat/%2e%2e/secret").await.unwrap_err());
-    assert_eq!((status, body["error"].as_str()), (400, Some("bad_request")));
+    for sneaky in [
+        "/ws/chat/%2e%2e/secret",
+        "/ws/chat/..;/secret",
+        "/ws/chat/..%2fsecret",
+    ] {
+        let (status, body, _) = refusal(connect(&node, sneaky).await.unwrap_err());
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (400, Some("bad_request")),
+            "{sneaky}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -249,6 +259,8 @@ async fn headers_query_and_identity_are_forwarded() {
     h.insert("x-forwarded-for", "203.0.113.7".parse().unwrap());
     h.insert("x-wsgate-sub", "mallory".parse().unwrap());
     h.insert("x-custom", "kept".parse().unwrap());
+    h.insert("x-wsgate_sub", "mallory".parse().unwrap());
+    h.insert("forwarded", "for=203.0.113.9".parse().unwrap());
     let (mut ws, _) = connect_req(req).await.unwrap();
     echo(&mut ws, "hi").await;
     let seen = up.last_seen();
@@ -262,6 +274,9 @@ async fn headers_query_and_identity_are_forwarded() {
     assert_eq!(hdr("x-forwarded-host"), Some(node.client.to_string()));
     assert_eq!(hdr("x-wsgate-sub").as_deref(), Some("alice"));
     assert_eq!(hdr("x-custom").as_deref(), Some("kept"));
+    // An underscore spelling of a vouched-for header, and `Forwarded`, do not pass.
+    assert_eq!(hdr("x-wsgate_sub"), None);
+    assert_eq!(hdr("forwarded"), None);
     assert_eq!(hdr("host"), Some(up.addr.to_string()));
 
     let (_, sessions) = node.get("/sessions").await;
@@ -271,6 +286,44 @@ async fn headers_query_and_identity_are_forwarded() {
     assert_eq!(s["sub"], "alice");
     assert_eq!(s["upstream"], Value::String(up.url("/chat")));
     assert_eq!(hdr("x-wsgate-connection-id").as_deref(), s["id"].as_str());
+}
+
+#[tokio::test]
+async fn a_sub_with_a_line_break_writes_no_header_of_its_own() {
+    let up = Upstream::start(Behaviour::Echo).await;
+    let conf = format!(
+        "[auth]\njwt_secret = \"proxy-secret-proxy-secret-proxy!\"\n{}",
+        config(&[up.url("/")], "")
+    );
+    let token = mint_token(&conf, "bob\r\nX-Evil: 1", None, "1h").unwrap();
+    let node = Node::start(&conf).await;
+    let mut req = format!("ws://{}/ws/chat", node.client)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let (mut ws, _) = connect_req(req).await.unwrap();
+    echo(&mut ws, "hi").await;
+    let seen = up.last_seen();
+    assert!(!seen.headers.contains_key("x-evil"), "{:?}", seen.headers);
+    assert!(!seen.headers.contains_key("x-wsgate-sub"));
+}
+
+#[tokio::test]
+async fn an_upstream_refusing_the_client_is_heard_and_stays_healthy() {
+    let forbid = Upstream::start(Behaviour::Forbid).await;
+    let echo_up = Upstream::start(Behaviour::Echo).await;
+    let node = Node::start(&config(&[forbid.url("/"), echo_up.url("/")], "")).await;
+    // Round robin starts at the first: its 403 reaches the client, and the other is not asked.
+    let (status, body, _) = refusal(connect(&node, "/ws/chat").await.unwrap_err());
+    assert_eq!((status, body["error"].as_str()), (403, Some("forbidden")));
+    assert_eq!(echo_up.seen.lock().unwrap().len(), 0);
+    let (mut ws, _) = connect(&node, "/ws/chat").await.unwrap();
+    echo(&mut ws, "second goes to the other").await;
+    // A refusal is not a failure: the first is not resting, and its turn comes again.
+    let (status, _, _) = refusal(connect(&node, "/ws/chat").await.unwrap_err());
+    assert_eq!(status, 403);
+    assert_eq!(forbid.seen.lock().unwrap().len(), 2);
 }
 
 #[tokio::test]
@@ -386,7 +439,9 @@ async fn a_lost_end_gives_the_other_1014_or_1001() {
     raw.send(0x81, b"drop", true).await;
     let (code, reason) = raw.close().await.unwrap();
     assert_eq!(code, 1014);
-    assert!(reason.contains(&up.url("/")), "{reason}");
+    // Named by its place in the list: its address is the operator's business.
+    assert!(reason.starts_with("upstream 1 lost"), "{reason}");
+    assert!(!reason.contains(&up.addr.port().to_string()), "{reason}");
 
     let (mut ws, _) = connect(&node, "/ws/chat").await.unwrap();
     echo(&mut ws, "about to vanish").await;

@@ -79,12 +79,15 @@ fn under(path: &str, prefix: &str) -> bool {
     }
 }
 
-/// Whether a request path has a `.` or `..` segment, plain or percent-encoded: an upstream
-/// that resolves it would serve a path outside the proxied prefix.
+/// Whether a request path has a `.` or `..` segment as any upstream might read it: after
+/// percent-decoding (`%2e%2e`, `..%2f`), with `\` as a separator (`..\`, `..%5c`), and with
+/// a `;parameter` dropped (`..;/`, as Tomcat reads it). An upstream that resolves one would
+/// serve a path outside the proxied prefix.
 pub fn has_dot_segment(path: &str) -> bool {
-    path.split('/').any(|segment| {
-        let decoded = percent_encoding::percent_decode_str(segment).decode_utf8_lossy();
-        decoded == "." || decoded == ".."
+    let decoded = percent_encoding::percent_decode_str(path).decode_utf8_lossy();
+    decoded.split(['/', '\\']).any(|segment| {
+        let segment = segment.split(';').next().unwrap_or_default();
+        segment == "." || segment == ".."
     })
 }
 
@@ -247,7 +250,16 @@ mod tests {
         assert!(has_dot_segment("/ws/chat/../admin"));
         assert!(has_dot_segment("/ws/chat/%2e%2E/admin"));
         assert!(has_dot_segment("/ws/chat/."));
-        assert!(!has_dot_segment("/ws/chat/a..b/.x"));
+        for sneaky in [
+            "/ws/chat/..;/admin",
+            "/ws/chat/..%2fadmin",
+            "/ws/chat/%2e%2e%2fadmin",
+            "/ws/chat/..\\admin",
+            "/ws/chat/..%5cadmin",
+        ] {
+            assert!(has_dot_segment(sneaky), "{sneaky}");
+        }
+        assert!(!has_dot_segment("/ws/chat/a..b/.x/;p"));
     }
 
     #[test]

@@ -201,6 +201,12 @@ impl Direction {
         self.checker.mid_message() || self.written < self.checked
     }
 
+    /// Whether bytes read wait for the receiver to take them (the sender is not read
+    /// meanwhile: backpressure).
+    pub fn backlogged(&self) -> bool {
+        self.written < self.checked
+    }
+
     /// Queues a ping for the receiver (none while one waits, or after a close).
     pub fn ping(&mut self, payload: &[u8]) {
         if self.close_queued || !self.own.is_empty() {
@@ -468,6 +474,8 @@ impl Direction {
                     }
                     self.checked += len;
                     self.written = self.checked;
+                    // Nothing after a close frame is read, nor passed on.
+                    self.end = self.checked;
                     self.stop_reading();
                     self.pending = Some(Event::Close { code, reason });
                     progressed = true;

@@ -14,10 +14,11 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use axum::extract::{ConnectInfo, Request, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use protocol::{ConnectionId, Encoding};
+use protocol::{ConnectionId, Encoding, ErrorCode};
 use room_router::{ConnHandle, ConnInfo, QueueLimits, SessionKind};
 use tokio::net::TcpStream;
 use tokio::time::{Duration, Instant};
@@ -25,7 +26,7 @@ use tokio_rustls::server::TlsStream;
 
 use super::frames::{cut_reason, Sender};
 use super::relay::{Direction, Event, Reader, Throttle, Writer};
-use super::upstream::{offered_protocols, Connected, Forward};
+use super::upstream::{offered_protocols, Connected, Forward, OpenError};
 use super::{has_dot_segment, ProxyRoute};
 use crate::app::App;
 use crate::error::ApiError;
@@ -109,7 +110,22 @@ async fn upgrade(
         connection_id: id.as_str().to_owned(),
         sub: sub.clone(),
     };
-    let connected = route.connect(&fwd, proxy.tls.as_ref()).await;
+    let connected = match route.connect(&fwd, proxy.tls.as_ref()).await {
+        Ok(connected) => Ok(connected),
+        // An upstream that is up refused this client: it hears the status, as from Kong.
+        Err(OpenError::Refused(status)) => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN);
+            let code = match status {
+                StatusCode::UNAUTHORIZED => ErrorCode::Unauthorized,
+                StatusCode::FORBIDDEN => ErrorCode::Forbidden,
+                StatusCode::NOT_FOUND => ErrorCode::NotFound,
+                StatusCode::TOO_MANY_REQUESTS => ErrorCode::RateLimited,
+                _ => ErrorCode::BadRequest,
+            };
+            return ApiError::new(status, code, "refused by the upstream").into_response();
+        }
+        Err(OpenError::Failed(why)) => Err(why),
+    };
     // Opening the upstream may take seconds: a drain that started meanwhile has already
     // listed its sessions.
     if app.draining() {
@@ -214,6 +230,53 @@ async fn refuse(mut client: Direction, why: &str) {
     client.shutdown().await;
 }
 
+/// Steps both directions of a session, `client`'s first when `client_first`: the output
+/// says which one had an event (`true`: the client's side).
+async fn both(
+    client: &mut Direction,
+    upstream: &mut Direction,
+    client_first: bool,
+) -> (bool, Event) {
+    let a = client.step();
+    let b = upstream.step();
+    tokio::pin!(a, b);
+    std::future::poll_fn(|cx| {
+        use std::future::Future;
+        use std::task::Poll;
+        if client_first {
+            if let Poll::Ready(e) = a.as_mut().poll(cx) {
+                return Poll::Ready((true, e));
+            }
+        }
+        if let Poll::Ready(e) = b.as_mut().poll(cx) {
+            return Poll::Ready((false, e));
+        }
+        if !client_first {
+            if let Poll::Ready(e) = a.as_mut().poll(cx) {
+                return Poll::Ready((true, e));
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// `wsgate_proxy_sessions_active`, counted down however the session task ends.
+struct ProxyCounted(Arc<App>);
+
+impl ProxyCounted {
+    fn new(app: &Arc<App>) -> ProxyCounted {
+        app.metrics.proxy_sessions_active.inc();
+        ProxyCounted(app.clone())
+    }
+}
+
+impl Drop for ProxyCounted {
+    fn drop(&mut self) {
+        self.0.metrics.proxy_sessions_active.dec();
+    }
+}
+
 /// One proxied session.
 struct ProxySession {
     app: Arc<App>,
@@ -223,8 +286,10 @@ struct ProxySession {
     to_upstream: Direction,
     /// Reads the upstream, writes the client.
     to_client: Direction,
-    /// The upstream's URL and chosen subprotocol.
+    /// The upstream's URL (logs, `/sessions`), its name for clients, and its chosen
+    /// subprotocol.
     upstream: String,
+    label: String,
     protocol: Option<String>,
     /// The client's request, kept when `reconnect` may need it again.
     fwd: Option<Forward>,
@@ -292,6 +357,7 @@ impl ProxySession {
             to_upstream,
             to_client,
             upstream: upstream.url,
+            label: upstream.label,
             protocol: upstream.protocol,
             fwd,
             lost: None,
@@ -306,7 +372,7 @@ impl ProxySession {
     async fn run(mut self) {
         let app = self.app.clone();
         let registered = Registered::new(app.clone(), self.conn.clone());
-        app.metrics.proxy_sessions_active.inc();
+        let _counted = ProxyCounted::new(&app);
         app.router.register(self.conn.clone()).await;
         app.metrics.connections.inc();
         tracing::debug!(connection = %self.conn.id, upstream = %self.upstream, "proxied session open");
@@ -320,6 +386,7 @@ impl ProxySession {
         tokio::pin!(requested);
         let timer = tokio::time::sleep_until(self.next_wake());
         tokio::pin!(timer);
+        let mut client_first = false;
         loop {
             if self.to_upstream.finished() && self.to_client.finished() {
                 break;
@@ -330,12 +397,14 @@ impl ProxySession {
             if wake < timer.deadline() {
                 timer.as_mut().reset(wake);
             }
-            // Biased: the steps complete only on events (a close, a loss), never for traffic,
-            // so every branch is polled each turn and the order decides nothing but ties.
+            // The cheap branches first, each turn with a fresh co-operative budget; then both
+            // directions, the first of them alternating, so that a side that is always ready
+            // (and spends the budget) starves neither the other side nor the timers. The
+            // steps complete only on events (a close, a loss), never for traffic.
+            client_first = !client_first;
             tokio::select! {
                 biased;
-                event = self.to_client.step() => self.on_upstream(event),
-                event = self.to_upstream.step() => self.on_client(event),
+                () = &mut stopped => break,
                 () = &mut requested => {
                     requested.set(conn.outbound.ready());
                     if let Some(code) = conn.outbound.close_requested() {
@@ -344,7 +413,6 @@ impl ProxySession {
                         }
                     }
                 }
-                () = &mut stopped => break,
                 () = &mut timer => {
                     if self.deadline.is_some_and(|d| Instant::now() >= d) {
                         break;
@@ -352,13 +420,23 @@ impl ProxySession {
                     self.on_timer();
                     timer.as_mut().reset(self.next_wake());
                 }
+                (from_client, event) = both(&mut self.to_upstream, &mut self.to_client, client_first) => {
+                    if from_client {
+                        self.on_client(event);
+                    } else {
+                        self.on_upstream(event);
+                    }
+                }
             }
             if let Some(why) = self.lost.take() {
-                self.reconnect(why).await;
+                // Bounded by connect_timeout per upstream; a hard stop still ends it.
+                tokio::select! {
+                    () = self.reconnect(why) => {}
+                    () = &mut stopped => break,
+                }
             }
         }
         drop(registered);
-        app.metrics.proxy_sessions_active.dec();
         let _ = tokio::time::timeout(Duration::from_secs(1), async {
             self.to_client.shutdown().await;
             self.to_upstream.shutdown().await;
@@ -390,7 +468,8 @@ impl ProxySession {
             .to_upstream
             .data_frames
             .wrapping_add(self.to_client.data_frames);
-        if reads != self.seen.0 {
+        // A client not read because the upstream does not take its bytes is not silent.
+        if reads != self.seen.0 || self.to_upstream.backlogged() {
             self.last_read = now;
         }
         if data != self.seen.1 {
@@ -477,7 +556,7 @@ impl ProxySession {
                 self.to_upstream.stop_forwarding();
                 self.close_or_drop_upstream(v.code, v.reason);
                 self.to_client.stop_forwarding();
-                let reason = format!("upstream {}: {}", self.upstream, v.reason);
+                let reason = format!("{}: {}", self.label, v.reason);
                 self.close_or_drop_client(1014, &reason);
                 self.start_deadline();
             }
@@ -530,7 +609,7 @@ impl ProxySession {
 
     fn fail_upstream(&mut self, why: &str) {
         self.to_upstream.stop_forwarding();
-        let reason = format!("upstream {} lost: {why}", self.upstream);
+        let reason = format!("{} lost: {why}", self.label);
         self.close_or_drop_client(1014, &reason);
         self.start_deadline();
     }
@@ -551,6 +630,7 @@ impl ProxySession {
                 self.to_upstream.replace_writer(up.writer);
                 self.conn.set_upstream(Some(up.url.clone()));
                 self.upstream = up.url;
+                self.label = up.label;
             }
             Ok(up) => {
                 let why = format!("{why}; {} chose another subprotocol", up.url);

@@ -31,6 +31,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// One upstream and its health.
 struct Upstream {
     url: Url,
+    /// What clients are told: `upstream N` (the URL may name internal hosts and keys).
+    label: String,
     /// Failures in a row, and until when it is skipped.
     health: Mutex<(u32, Option<Instant>)>,
 }
@@ -64,6 +66,8 @@ pub struct Forward {
 pub struct Connected {
     /// Its URL, for logs, `/sessions` and close reasons.
     pub url: String,
+    /// Its name for clients (`upstream N`), for close reasons.
+    pub label: String,
     /// Its reading end.
     pub reader: Reader,
     /// Its writing end.
@@ -83,8 +87,10 @@ impl Upstreams {
         Ok(Upstreams {
             list: urls
                 .into_iter()
-                .map(|url| Upstream {
+                .enumerate()
+                .map(|(i, url)| Upstream {
                     url,
+                    label: format!("upstream {}", i + 1),
                     health: Mutex::new((0, None)),
                 })
                 .collect(),
@@ -129,31 +135,44 @@ impl Upstream {
     }
 }
 
-/// Headers the gateway sets itself or that belong to one hop only.
-fn forwarded(name: &str) -> bool {
-    !matches!(
-        name,
-        "host"
-            | "connection"
-            | "upgrade"
-            | "keep-alive"
-            | "proxy-connection"
-            | "proxy-authorization"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "content-length"
-            | "sec-websocket-key"
-            | "sec-websocket-version"
-            | "sec-websocket-protocol"
-            | "sec-websocket-extensions"
-            | "sec-websocket-accept"
-            | "x-forwarded-for"
-            | "x-forwarded-proto"
-            | "x-forwarded-host"
-            | "x-wsgate-connection-id"
-            | "x-wsgate-sub"
-    )
+/// Whether a client header goes upstream: not the ones the gateway sets itself, not those
+/// that belong to one hop (including the names the client's `Connection` header lists), and
+/// not a name with `_`, which CGI-style upstreams read as the `-` spelling of a header the
+/// gateway vouches for (`X-Wsgate_Sub`), as nginx refuses them.
+fn forwarded(name: &str, hop_by_hop: &[String]) -> bool {
+    !name.contains('_')
+        && !hop_by_hop.iter().any(|h| h.eq_ignore_ascii_case(name))
+        && !matches!(
+            name,
+            "host"
+                | "connection"
+                | "upgrade"
+                | "keep-alive"
+                | "proxy-connection"
+                | "proxy-authorization"
+                | "te"
+                | "trailer"
+                | "transfer-encoding"
+                | "content-length"
+                | "sec-websocket-key"
+                | "sec-websocket-version"
+                | "sec-websocket-protocol"
+                | "sec-websocket-extensions"
+                | "sec-websocket-accept"
+                | "forwarded"
+                | "x-real-ip"
+                | "x-forwarded-for"
+                | "x-forwarded-proto"
+                | "x-forwarded-host"
+                | "x-wsgate-connection-id"
+                | "x-wsgate-sub"
+        )
+}
+
+/// Whether `value` can travel as a header value: no CR, LF or NUL (a token's `sub` is any
+/// JSON string, and one with a line break would write headers of its own upstream).
+fn header_safe(value: &[u8]) -> bool {
+    !value.iter().any(|b| matches!(b, b'\r' | b'\n' | 0))
 }
 
 /// The client's offered subprotocols, in order.
@@ -176,6 +195,13 @@ fn request(url: &Url, target: &str, fwd: &Forward, key: &str) -> Vec<u8> {
         None => url.host_str().unwrap_or_default().to_owned(),
     };
     let mut line = |name: &str, value: &[u8]| {
+        if !header_safe(value) {
+            tracing::warn!(
+                header = name,
+                "a header value with a line break is not forwarded"
+            );
+            return;
+        }
         out.extend_from_slice(name.as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value);
@@ -190,8 +216,16 @@ fn request(url: &Url, target: &str, fwd: &Forward, key: &str) -> Vec<u8> {
     if !offered.is_empty() {
         line("Sec-WebSocket-Protocol", offered.join(", ").as_bytes());
     }
+    let hop_by_hop: Vec<String> = fwd
+        .headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_owned())
+        .collect();
     for (name, value) in &fwd.headers {
-        if forwarded(name.as_str()) {
+        if forwarded(name.as_str(), &hop_by_hop) {
             line(name.as_str(), value.as_bytes());
         }
     }
@@ -254,6 +288,30 @@ impl Stream {
     }
 }
 
+/// Why an upstream was not opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// It answered the handshake with a 4xx: the client's request is refused, by an upstream
+    /// that is up (no other upstream is asked, and its health stands).
+    #[error("the upstream refused the client with {0}")]
+    Refused(u16),
+    /// It could not be reached, or failed: the next upstream is tried.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl From<String> for OpenError {
+    fn from(why: String) -> OpenError {
+        OpenError::Failed(why)
+    }
+}
+
+impl From<&str> for OpenError {
+    fn from(why: &str) -> OpenError {
+        OpenError::Failed(why.to_owned())
+    }
+}
+
 /// Why one upstream could not be opened.
 fn describe(e: std::io::Error) -> String {
     match e.kind() {
@@ -268,7 +326,7 @@ async fn open(
     target: &str,
     fwd: &Forward,
     tls: Option<&TlsConnector>,
-) -> Result<Connected, String> {
+) -> Result<Connected, OpenError> {
     let host = url.host_str().unwrap_or_default();
     let port = url.port_or_known_default().unwrap_or(80);
     let tcp = TcpStream::connect((host.trim_start_matches('[').trim_end_matches(']'), port))
@@ -317,14 +375,17 @@ async fn open(
         let body = match answer.parse(&buf[..len]) {
             Ok(httparse::Status::Partial) => continue,
             Ok(httparse::Status::Complete(at)) => at,
-            Err(e) => return Err(format!("bad handshake answer: {e}")),
+            Err(e) => return Err(format!("bad handshake answer: {e}").into()),
         };
         let code = answer.code.unwrap_or(0);
+        if (400..500).contains(&code) {
+            return Err(OpenError::Refused(code));
+        }
         if code != 101 {
-            return Err(format!(
+            return Err(OpenError::Failed(format!(
                 "answered {code} {}",
                 answer.reason.unwrap_or_default()
-            ));
+            )));
         }
         let header = |name: &str| {
             answer
@@ -344,15 +405,16 @@ async fn open(
         let protocol = header("sec-websocket-protocol");
         if let Some(p) = &protocol {
             if !offered_protocols(&fwd.headers).iter().any(|o| o == p) {
-                return Err(format!(
-                    "chose subprotocol {p:?}, which the client did not offer"
-                ));
+                return Err(
+                    format!("chose subprotocol {p:?}, which the client did not offer").into(),
+                );
             }
         }
         let prefix = buf[body..len].to_vec();
         let (reader, writer) = stream.split();
         return Ok(Connected {
             url: url.to_string(),
+            label: String::new(),
             reader,
             writer,
             prefix,
@@ -368,31 +430,36 @@ impl ProxyRoute {
         &self,
         fwd: &Forward,
         tls: Option<&TlsConnector>,
-    ) -> Result<Connected, String> {
+    ) -> Result<Connected, OpenError> {
         let mut failures = Vec::new();
         for upstream in self.upstreams.order() {
             let target = self.upstream_target(&upstream.url, &fwd.path, fwd.query.as_deref());
-            match tokio::time::timeout(self.connect_timeout, open(&upstream.url, &target, fwd, tls))
-                .await
+            let why = match tokio::time::timeout(
+                self.connect_timeout,
+                open(&upstream.url, &target, fwd, tls),
+            )
+            .await
             {
-                Ok(Ok(connected)) => {
+                Ok(Ok(mut connected)) => {
                     upstream.succeeded();
+                    connected.label = upstream.label.clone();
                     return Ok(connected);
                 }
-                Ok(Err(why)) => {
-                    upstream.failed();
-                    failures.push(format!("{}: {why}", upstream.url));
+                Ok(Err(OpenError::Refused(status))) => {
+                    upstream.succeeded();
+                    return Err(OpenError::Refused(status));
                 }
-                Err(_) => {
-                    upstream.failed();
-                    failures.push(format!(
-                        "{}: no handshake within {:?}",
-                        upstream.url, self.connect_timeout
-                    ));
-                }
-            }
+                Ok(Err(OpenError::Failed(why))) => why,
+                Err(_) => format!("no handshake within {:?}", self.connect_timeout),
+            };
+            upstream.failed();
+            tracing::info!(upstream = %upstream.url, %why, "upstream failed");
+            failures.push(format!("{}: {why}", upstream.label));
         }
-        Err(format!("no upstream reachable: {}", failures.join("; ")))
+        Err(OpenError::Failed(format!(
+            "no upstream reachable: {}",
+            failures.join("; ")
+        )))
     }
 }
 
