@@ -6,8 +6,10 @@
 //! [`BUFFER`] per direction. Several frames read at once leave in one write. The gateway's
 //! own frames (pings, closes) go in between frames, never inside one.
 //!
-//! [`Direction::step`] does one read or one write per call and keeps all its state in the
-//! struct, so the session may drop it in a `select!` at any await without losing a byte.
+//! [`Direction::step`] moves bytes until there is something for the session to decide (a
+//! close, a loss, a violation). Each of its awaits is one read, write or flush, and all its
+//! state is in the struct, so the session may drop it in a `select!` at any await without
+//! losing a byte.
 
 use std::future::pending;
 use std::io;
@@ -306,8 +308,9 @@ impl Direction {
         Event::SinkFailed(e.to_string())
     }
 
-    /// Moves bytes: one write or one read, then returns. Pends forever when there is nothing
-    /// left to do, so a `select!` over both directions does not spin.
+    /// Moves bytes until an event. Pends forever when there is nothing left to do (after
+    /// saying once that the direction finished), so a `select!` over both directions does
+    /// not spin.
     pub async fn step(&mut self) -> Event {
         loop {
             if let Some(w) = self.writer.as_mut() {
