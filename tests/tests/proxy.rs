@@ -670,6 +670,32 @@ async fn gateway_closes_drain_delete_idle_and_heartbeat() {
 }
 
 #[tokio::test]
+async fn a_flooding_upstream_starves_neither_the_timers_nor_the_client() {
+    let up = Upstream::start(Behaviour::Echo).await;
+    let node = Node::start(&format!(
+        "[server]\nheartbeat = \"200ms\"\n{}",
+        config(&[up.url("/")], "")
+    ))
+    .await;
+    let mut raw = Raw::connect(&node, "/ws/chat").await;
+    raw.send(0x81, b"flood", true).await;
+    // Read the flood for 2 s: the heartbeat's pings still come through it.
+    let started = Instant::now();
+    let mut pings = 0;
+    while started.elapsed() < Duration::from_secs(2) {
+        let (first, payload) = raw.frame().await.unwrap();
+        if first == 0x89 {
+            assert_eq!(payload, b"wsgate");
+            pings += 1;
+        }
+    }
+    assert!(pings >= 3, "{pings} pings in 2 s of flood");
+    // And the client's own frames still reach the upstream: its close does.
+    raw.send(0x88, &4100u16.to_be_bytes(), true).await;
+    assert_eq!(up.close_received(1).await.0, Some(4100));
+}
+
+#[tokio::test]
 async fn drain_gives_clients_1012_and_upstreams_1001() {
     let up = Upstream::start(Behaviour::Echo).await;
     let mut node = Node::start(&format!(
@@ -717,6 +743,21 @@ async fn limits_apply_to_proxied_sessions() {
     }
     let took = started.elapsed();
     assert!(took >= Duration::from_millis(1700), "{took:?}");
+
+    // A throttled burst larger than the relay's buffer waits in it and in TCP, whole.
+    let big: Vec<String> = (0..40)
+        .map(|i| format!("{i:04}{}", "b".repeat(996)))
+        .collect();
+    for m in &big {
+        ws.feed(Message::text(m.clone())).await.unwrap();
+    }
+    ws.flush().await.unwrap();
+    for m in &big {
+        match next(&mut ws).await {
+            Some(Ok(Message::Text(t))) => assert_eq!(t.as_str(), m.as_str()),
+            other => panic!("expected {}, got {other:?}", &m[..4]),
+        }
+    }
 }
 
 #[tokio::test]

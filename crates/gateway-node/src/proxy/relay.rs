@@ -127,6 +127,8 @@ pub struct Direction {
     said_finished: bool,
     /// The sender's message rate, when it is limited.
     throttle: Option<Throttle>,
+    /// Checking stopped at the rate limit, with bytes still unchecked.
+    throttled: bool,
     /// Told how many whole text or binary messages each batch passed (metrics, activity).
     on_messages: Option<Box<dyn Fn(u64) + Send + Sync>>,
     /// Reads that brought bytes: the session's timer notices whether this moved, rather
@@ -170,6 +172,7 @@ impl Direction {
             unflushed: false,
             said_finished: false,
             throttle: None,
+            throttled: false,
             on_messages: None,
             reads: 0,
             data_frames: 0,
@@ -378,11 +381,14 @@ impl Direction {
             let Some(reader) = self.reader.as_mut() else {
                 return self.idle().await;
             };
-            if let Some(throttle) = self.throttle.as_mut() {
-                if let Some(wait) = throttle.wait() {
+            if self.throttled {
+                // Checking stopped at the rate: wait for it (if the bucket has not refilled
+                // meanwhile), then check again before reading anything more.
+                self.throttled = false;
+                if let Some(wait) = self.throttle.as_mut().and_then(Throttle::wait) {
                     tokio::time::sleep(wait).await;
-                    continue;
                 }
+                continue;
             }
             if self.written == self.checked && self.checked > 0 {
                 self.buf.copy_within(self.checked..self.end, 0);
@@ -438,6 +444,7 @@ impl Direction {
             if !self.checker.mid_message() {
                 if let Some(throttle) = self.throttle.as_mut() {
                     if throttle.wait().is_some() {
+                        self.throttled = true;
                         break;
                     }
                 }

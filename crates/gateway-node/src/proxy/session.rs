@@ -230,19 +230,18 @@ async fn refuse(mut client: Direction, why: &str) {
     client.shutdown().await;
 }
 
-/// Steps both directions of a session, `client`'s first when `client_first`: the output
-/// says which one had an event (`true`: the client's side).
-async fn both(
-    client: &mut Direction,
-    upstream: &mut Direction,
-    client_first: bool,
-) -> (bool, Event) {
+/// Steps both directions of a session, the one polled first alternating with every poll, so
+/// that a side that is always ready (and spends the task's co-operative budget) cannot starve
+/// the other. The output says which one had an event (`true`: the client's side).
+async fn both(client: &mut Direction, upstream: &mut Direction) -> (bool, Event) {
+    use std::future::Future;
+    use std::task::Poll;
     let a = client.step();
     let b = upstream.step();
     tokio::pin!(a, b);
-    std::future::poll_fn(|cx| {
-        use std::future::Future;
-        use std::task::Poll;
+    let mut client_first = false;
+    std::future::poll_fn(move |cx| {
+        client_first = !client_first;
         if client_first {
             if let Poll::Ready(e) = a.as_mut().poll(cx) {
                 return Poll::Ready((true, e));
@@ -386,7 +385,6 @@ impl ProxySession {
         tokio::pin!(requested);
         let timer = tokio::time::sleep_until(self.next_wake());
         tokio::pin!(timer);
-        let mut client_first = false;
         loop {
             if self.to_upstream.finished() && self.to_client.finished() {
                 break;
@@ -397,11 +395,10 @@ impl ProxySession {
             if wake < timer.deadline() {
                 timer.as_mut().reset(wake);
             }
-            // The cheap branches first, each turn with a fresh co-operative budget; then both
-            // directions, the first of them alternating, so that a side that is always ready
-            // (and spends the budget) starves neither the other side nor the timers. The
-            // steps complete only on events (a close, a loss), never for traffic.
-            client_first = !client_first;
+            // The cheap branches first, with each poll's fresh co-operative budget; then both
+            // directions, alternating which goes first (see `both`), so that a side that is
+            // always ready starves neither the other side nor the timers. The steps complete
+            // only on events (a close, a loss), never for traffic.
             tokio::select! {
                 biased;
                 () = &mut stopped => break,
@@ -420,7 +417,7 @@ impl ProxySession {
                     self.on_timer();
                     timer.as_mut().reset(self.next_wake());
                 }
-                (from_client, event) = both(&mut self.to_upstream, &mut self.to_client, client_first) => {
+                (from_client, event) = both(&mut self.to_upstream, &mut self.to_client) => {
                     if from_client {
                         self.on_client(event);
                     } else {
