@@ -191,8 +191,11 @@ async fn three_nodes_are_one_gateway() {
 async fn a_killed_node_leaves_nothing_behind() {
     let redis = Redis::start().await;
     let mut nodes = cluster(&redis, 2).await;
-    let victim = nodes[1].connect().await;
+    let mut victim = nodes[1].connect().await;
     let id = victim.id();
+    victim
+        .request(json!({"action":"join","room":"r","id":1}))
+        .await;
     eventually("both nodes listed", || async {
         nodes[0].get("/cluster").await.1["nodes"]
             .as_array()
@@ -200,8 +203,17 @@ async fn a_killed_node_leaves_nothing_behind() {
             == Some(2)
     })
     .await;
+    eventually("the member is seen from the other node", || async {
+        nodes[0].get("/rooms/r").await.1["members"] == 1
+    })
+    .await;
     nodes[1].signal("KILL");
     nodes[1].wait_exit(Duration::from_secs(5)).await;
+    // No ghost member: a killed node's members leave the room with it.
+    eventually("no ghost member after SIGKILL", || async {
+        nodes[0].get("/rooms/r").await.1["members"] == 0
+    })
+    .await;
     eventually("410 once the node is gone", || async {
         nodes[0].get(&format!("/@connections/{id}")).await.0 == 410
     })
@@ -267,6 +279,9 @@ async fn redis_outage_is_survived() {
     a.drain(Duration::from_millis(50)).await;
     p.drain(Duration::from_millis(50)).await;
     assert_eq!(nodes[0].metric("wsgate_redis_up").await, 1.0);
+    let (status, room) = nodes[0].get("/rooms/r").await;
+    assert_eq!((status, &room["members"]), (200, &json!(2)));
+    assert_eq!(room.get("partial"), None);
 
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let publisher = {
@@ -296,6 +311,12 @@ async fn redis_outage_is_survived() {
         200,
         "Redis down does not make a node unready"
     );
+    // SPEC section 10: the room's members as far as this node knows, marked partial.
+    let (status, room) = nodes[0].get("/rooms/r?members=true").await;
+    assert_eq!(status, 200, "{room}");
+    assert_eq!(room["members"], 1);
+    assert_eq!(room["partial"], true);
+    assert_eq!(room["connections"], json!([a.id()]));
     assert_eq!(
         a.request(json!({"action":"ping","id":5})).await["type"],
         "pong"

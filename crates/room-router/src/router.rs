@@ -419,15 +419,25 @@ impl Router {
         self.bus.remote_connection(id).await
     }
 
-    /// Members of a room across the cluster.
-    pub async fn room(&self, room: &RoomName, with_ids: bool) -> Result<RoomPresence, BusError> {
-        let mut presence = self.bus.remote_room(room, with_ids).await?;
+    /// Members of a room across the cluster; when the cluster cannot be asked, this node's,
+    /// marked `partial`.
+    pub async fn room(&self, room: &RoomName, with_ids: bool) -> RoomPresence {
+        let mut presence = match self.bus.remote_room(room, with_ids).await {
+            Ok(remote) => remote,
+            Err(e) => {
+                tracing::warn!(room = %room, error = %e, "other nodes' members unknown: answering with this node's");
+                RoomPresence {
+                    partial: true,
+                    ..RoomPresence::default()
+                }
+            }
+        };
         let local = self.local.rooms.members(room.as_str());
         presence.count = presence.count.saturating_add(local.len());
         if with_ids {
             presence.ids.extend(local);
         }
-        Ok(presence)
+        presence
     }
 
     /// Every live node, this one first.

@@ -44,4 +44,7 @@ pub struct RoomPresence {
     pub count: usize,
     /// Who, when asked for.
     pub ids: Vec<ConnectionId>,
+    /// Only this node's members: the cluster could not be asked (SPEC section 10: a Redis
+    /// outage gives the local count, marked, rather than no answer).
+    pub partial: bool,
 }

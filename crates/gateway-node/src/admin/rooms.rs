@@ -61,14 +61,13 @@ pub async fn get(
     Query(q): Query<RoomQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let room = room_name(&room)?;
-    let presence = app
-        .router
-        .room(&room, q.members)
-        .await
-        .map_err(ApiError::from)?;
+    let presence = app.router.room(&room, q.members).await;
     let mut body = serde_json::json!({ "room": room.as_str(), "members": presence.count });
     if q.members {
         body["connections"] = presence.ids.iter().map(|c| c.as_str()).collect();
+    }
+    if presence.partial {
+        body["partial"] = true.into();
     }
     Ok(Json(body))
 }
