@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use wsgate_tests::*;
 
 /// An HTTP backend: records each request's path and JSON body; answers by path.
@@ -27,33 +27,11 @@ impl Backend {
                 };
                 let record = record.clone();
                 tokio::spawn(async move {
-                    let mut got = Vec::new();
-                    let mut buf = [0u8; 8192];
-                    let (head_end, length) = loop {
-                        match tcp.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => got.extend_from_slice(&buf[..n]),
-                        }
-                        if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
-                            let head = String::from_utf8_lossy(&got[..i]).to_lowercase();
-                            let length = head
-                                .lines()
-                                .find_map(|l| l.strip_prefix("content-length:"))
-                                .and_then(|v| v.trim().parse::<usize>().ok())
-                                .unwrap_or(0);
-                            break (i + 4, length);
-                        }
+                    let Some(request) = read_request(&mut tcp, &mut Vec::new()).await else {
+                        return;
                     };
-                    while got.len() < head_end + length {
-                        match tcp.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => got.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    let head = String::from_utf8_lossy(&got[..head_end]).into_owned();
-                    let path = head.split_whitespace().nth(1).unwrap_or("").to_owned();
-                    let body: Value = serde_json::from_slice(&got[head_end..head_end + length])
-                        .unwrap_or(Value::Null);
+                    let path = request.path;
+                    let body: Value = serde_json::from_slice(&request.body).unwrap_or(Value::Null);
                     record.lock().unwrap().push((path.clone(), body.clone()));
                     let (status, answer) = match path.as_str() {
                         "/echo" => ("200 OK", json!({"got": body["body"]}).to_string()),

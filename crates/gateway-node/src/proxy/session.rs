@@ -26,11 +26,11 @@ use tokio_rustls::server::TlsStream;
 
 use super::frames::{cut_reason, Sender};
 use super::relay::{Direction, Event, Reader, Throttle, Writer};
-use super::upstream::{offered_protocols, Connected, Forward, OpenError};
+use super::upstream::{Connected, Forward, OpenError};
 use super::{has_dot_segment, ProxyRoute};
 use crate::app::App;
 use crate::error::ApiError;
-use crate::ws::handshake::{self, RETRY_AFTER_SECS};
+use crate::ws::handshake;
 use crate::ws::outbound::CLOSE_TIMEOUT;
 use crate::ws::session::Registered;
 
@@ -65,22 +65,10 @@ async fn upgrade(
     if has_dot_segment(req.uri().path()) {
         return ApiError::bad_request("the path has a . or .. segment").into_response();
     }
-    let key = match handshake::check_upgrade(req.headers()) {
-        Ok(key) => key,
+    let (key, slot) = match handshake::admit(&app, &req, peer) {
+        Ok(admitted) => admitted,
         Err(refusal) => return *refusal,
     };
-    if app.draining() {
-        return ApiError::unavailable("node is draining: connect to another node")
-            .retry_after(RETRY_AFTER_SECS)
-            .into_response();
-    }
-    let slot = match handshake::take_slot(&app, &req, peer) {
-        Ok(slot) => slot,
-        Err(refusal) => return *refusal,
-    };
-    if let Err(refusal) = handshake::check_origin(&app, req.headers()) {
-        return *refusal;
-    }
     let identity = if route.auth {
         match handshake::authenticate(&app, peer, req.headers(), req.uri().query()).await {
             Ok(identity) => identity,
@@ -115,13 +103,7 @@ async fn upgrade(
         // An upstream that is up refused this client: it hears the status, as from Kong.
         Err(OpenError::Refused(status)) => {
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN);
-            let code = match status {
-                StatusCode::UNAUTHORIZED => ErrorCode::Unauthorized,
-                StatusCode::FORBIDDEN => ErrorCode::Forbidden,
-                StatusCode::NOT_FOUND => ErrorCode::NotFound,
-                StatusCode::TOO_MANY_REQUESTS => ErrorCode::RateLimited,
-                _ => ErrorCode::BadRequest,
-            };
+            let code = handshake::code_of_status(status).unwrap_or(ErrorCode::BadRequest);
             return ApiError::new(status, code, "refused by the upstream").into_response();
         }
         Err(OpenError::Failed(why)) => Err(why),
@@ -129,14 +111,14 @@ async fn upgrade(
     // Opening the upstream may take seconds: a drain that started meanwhile has already
     // listed its sessions.
     if app.draining() {
-        return ApiError::unavailable("node is draining: connect to another node")
-            .retry_after(RETRY_AFTER_SECS)
-            .into_response();
+        return handshake::draining();
     }
     let protocol = match &connected {
         Ok(c) => c.protocol.clone(),
         // So that a browser sees the 1014 rather than a failed handshake.
-        Err(_) => offered_protocols(req.headers()).into_iter().next(),
+        Err(_) => handshake::offered_protocols(req.headers())
+            .into_iter()
+            .next(),
     };
     let info = ConnInfo {
         source_ip: peer.ip(),

@@ -175,18 +175,6 @@ fn header_safe(value: &[u8]) -> bool {
     !value.iter().any(|b| matches!(b, b'\r' | b'\n' | 0))
 }
 
-/// The client's offered subprotocols, in order.
-pub fn offered_protocols(headers: &HeaderMap) -> Vec<String> {
-    headers
-        .get_all(http::header::SEC_WEBSOCKET_PROTOCOL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|p| p.trim().to_owned())
-        .filter(|p| !p.is_empty())
-        .collect()
-}
-
 /// The upstream handshake request.
 fn request(url: &Url, target: &str, fwd: &Forward, key: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(1024);
@@ -212,7 +200,7 @@ fn request(url: &Url, target: &str, fwd: &Forward, key: &str) -> Vec<u8> {
     line("Connection", b"Upgrade");
     line("Sec-WebSocket-Key", key.as_bytes());
     line("Sec-WebSocket-Version", b"13");
-    let offered = offered_protocols(&fwd.headers);
+    let offered = crate::ws::handshake::offered_protocols(&fwd.headers);
     if !offered.is_empty() {
         line("Sec-WebSocket-Protocol", offered.join(", ").as_bytes());
     }
@@ -404,7 +392,10 @@ async fn open(
         }
         let protocol = header("sec-websocket-protocol");
         if let Some(p) = &protocol {
-            if !offered_protocols(&fwd.headers).iter().any(|o| o == p) {
+            if !crate::ws::handshake::offered_protocols(&fwd.headers)
+                .iter()
+                .any(|o| o == p)
+            {
                 return Err(
                     format!("chose subprotocol {p:?}, which the client did not offer").into(),
                 );

@@ -97,15 +97,7 @@ async fn connect_route(
         Ok(answer) if (200..300).contains(&answer.status) => Ok(Some(connect_rooms(&answer.body))),
         Ok(answer) if (400..600).contains(&answer.status) => {
             let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::FORBIDDEN);
-            let code = match answer.status {
-                400 => ErrorCode::BadRequest,
-                401 => ErrorCode::Unauthorized,
-                403 => ErrorCode::Forbidden,
-                404 => ErrorCode::NotFound,
-                429 => ErrorCode::RateLimited,
-                503 => ErrorCode::Unavailable,
-                _ => ErrorCode::IntegrationFailed,
-            };
+            let code = code_of_status(status).unwrap_or(ErrorCode::IntegrationFailed);
             Err(ApiError::new(
                 status,
                 code,
@@ -152,7 +144,7 @@ fn connect_rooms(body: &[u8]) -> Vec<RoomName> {
 pub(crate) type Refused = Box<Response>;
 
 /// A WebSocket upgrade request's key, or the refusal of a request that is not one.
-pub(crate) fn check_upgrade(headers: &HeaderMap) -> Result<HeaderValue, Refused> {
+fn check_upgrade(headers: &HeaderMap) -> Result<HeaderValue, Refused> {
     if !header_has_token(headers, header::UPGRADE, "websocket")
         || !header_has_token(headers, header::CONNECTION, "upgrade")
     {
@@ -188,7 +180,7 @@ pub(crate) fn check_upgrade(headers: &HeaderMap) -> Result<HeaderValue, Refused>
 }
 
 /// The connection's slot (taken at accept, or now), or the 503 or 429 refusal.
-pub(crate) fn take_slot(app: &App, req: &Request, peer: SocketAddr) -> Result<Taken, Refused> {
+fn take_slot(app: &App, req: &Request, peer: SocketAddr) -> Result<Taken, Refused> {
     let pending = req.extensions().get::<PendingSlot>().cloned();
     let taken = match pending.as_ref() {
         Some(p) => p.take(&app.slots, peer.ip()),
@@ -216,7 +208,7 @@ pub(crate) fn take_slot(app: &App, req: &Request, peer: SocketAddr) -> Result<Ta
 }
 
 /// Refuses (403) an `Origin` not in `server.allowed_origins`, when that is set.
-pub(crate) fn check_origin(app: &App, headers: &HeaderMap) -> Result<(), Refused> {
+fn check_origin(app: &App, headers: &HeaderMap) -> Result<(), Refused> {
     let allowed = &app.config.server.allowed_origins;
     if allowed.is_empty() {
         return Ok(());
@@ -240,6 +232,55 @@ pub(crate) fn check_origin(app: &App, headers: &HeaderMap) -> Result<(), Refused
             .into_response(),
         ))
     }
+}
+
+/// The 503 a draining node answers an upgrade with.
+pub(crate) fn draining() -> Response {
+    ApiError::unavailable("node is draining: connect to another node")
+        .retry_after(RETRY_AFTER_SECS)
+        .into_response()
+}
+
+/// What every upgrade passes first, in the SPEC's order (section 3): a WebSocket upgrade
+/// request, a node not draining, a slot, an allowed origin. The request's key and the slot.
+pub(crate) fn admit(
+    app: &App,
+    req: &Request,
+    peer: SocketAddr,
+) -> Result<(HeaderValue, Taken), Refused> {
+    let key = check_upgrade(req.headers())?;
+    if app.draining() {
+        return Err(Box::new(draining()));
+    }
+    let slot = take_slot(app, req, peer)?;
+    check_origin(app, req.headers())?;
+    Ok((key, slot))
+}
+
+/// The subprotocols a client offers, in its order.
+pub(crate) fn offered_protocols(headers: &HeaderMap) -> Vec<String> {
+    headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|p| p.trim().to_owned())
+        .filter(|p| !p.is_empty())
+        .collect()
+}
+
+/// The error code of a 4xx or 5xx that a backend (a `$connect` integration, an upstream)
+/// refused a client with, when the status has one of its own.
+pub(crate) fn code_of_status(status: StatusCode) -> Option<ErrorCode> {
+    Some(match status {
+        StatusCode::BAD_REQUEST => ErrorCode::BadRequest,
+        StatusCode::UNAUTHORIZED => ErrorCode::Unauthorized,
+        StatusCode::FORBIDDEN => ErrorCode::Forbidden,
+        StatusCode::NOT_FOUND => ErrorCode::NotFound,
+        StatusCode::TOO_MANY_REQUESTS => ErrorCode::RateLimited,
+        StatusCode::SERVICE_UNAVAILABLE => ErrorCode::Unavailable,
+        _ => return None,
+    })
 }
 
 /// The token's identity when `[auth]` is configured (none otherwise), or the 401 refusal.
@@ -294,30 +335,13 @@ pub async fn upgrade(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     mut req: Request,
 ) -> Response {
-    let key = match check_upgrade(req.headers()) {
-        Ok(key) => key,
-        Err(refusal) => return *refusal,
-    };
-    if app.draining() {
-        return ApiError::unavailable("node is draining: connect to another node")
-            .retry_after(RETRY_AFTER_SECS)
-            .into_response();
-    }
-    let slot = match take_slot(&app, &req, peer) {
-        Ok(slot) => slot,
+    let (key, slot) = match admit(&app, &req, peer) {
+        Ok(admitted) => admitted,
         Err(refusal) => return *refusal,
     };
     let headers = req.headers();
-    if let Err(refusal) = check_origin(&app, headers) {
-        return *refusal;
-    }
-    let offered: Vec<&str> = headers
-        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .collect();
-    let negotiated = negotiate(offered);
+    let offered = offered_protocols(headers);
+    let negotiated = negotiate(offered.iter().map(String::as_str));
     let Some(encoding) = negotiated.encoding() else {
         return ApiError::bad_request(
             "no supported subprotocol offered (wsgate.v1.json, wsgate.v1.msgpack)",
@@ -353,9 +377,7 @@ pub async fn upgrade(
         if rooms.is_some() {
             spawn_disconnect(&app, caller, 1012, "node is draining".into());
         }
-        return ApiError::unavailable("node is draining: connect to another node")
-            .retry_after(RETRY_AFTER_SECS)
-            .into_response();
+        return draining();
     }
     let connect_accepted = rooms.is_some();
     let rooms = rooms.unwrap_or_default();
