@@ -78,6 +78,13 @@ fn invalid_config_exits_non_zero_naming_the_key() {
             "[[proxy]]\npath = \"/p\"\nupstreams = [\"ws://127.0.0.1:1\"]\nauth = \"jwt\"\n",
             "proxy.auth",
         ),
+        ("[[history]]\nrooms = [\"a\"]\nsize = 0\n", "history.size"),
+        (
+            "[limits]\noutbound_queue = 10\n[[history]]\nrooms = [\"a\"]\nsize = 11\n",
+            "history.size",
+        ),
+        ("[[history]]\nrooms = []\n", "history.rooms"),
+        ("[[history]]\nrooms = [\"a\"]\nttl = \"0s\"\n", "history.ttl"),
     ] {
         let p = write(&dir, body);
         let (status, _, err) = run_cli(&["check-config", &p], &[]);

@@ -237,13 +237,26 @@ async fn refusal_order_full_before_origin_before_protocol_before_token() {
         r.headers_mut()
             .insert("sec-websocket-protocol", HeaderValue::from_static("nope"));
     };
-    assert_eq!(
-        refusal(node.connect_req(proto).await.err().unwrap()).0,
-        400,
-        "protocol before token"
-    );
+    // The refused connection holds the node's one slot until the node sees it closed.
+    let mut status = 503;
+    for _ in 0..50 {
+        status = refusal(node.connect_req(proto).await.err().unwrap()).0;
+        if status != 503 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(status, 400, "protocol before token");
     let token = mint_token(&config, "u", None, "1h").unwrap();
-    let _held = connect_bearer(&node, &token).await.unwrap();
+    let mut held = None;
+    for _ in 0..50 {
+        if let Ok(c) = connect_bearer(&node, &token).await {
+            held = Some(c);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let _held = held.expect("the slot frees once the refused connections close");
     assert_eq!(
         refusal(node.connect_req(bad).await.err().unwrap()).0,
         503,

@@ -42,7 +42,13 @@ impl Failure {
 
     /// A failed join or publish.
     pub fn of_router(e: &RouterError) -> Failure {
+        if let RouterError::Unavailable(bus) = e {
+            return Failure::of_bus(bus);
+        }
         let (code, status) = match e {
+            RouterError::Unavailable(_) => {
+                (ErrorCode::Unavailable, StatusCode::SERVICE_UNAVAILABLE)
+            }
             RouterError::RoomLimit(_) => (ErrorCode::RoomLimit, StatusCode::BAD_REQUEST),
             RouterError::TooLarge { .. } => (ErrorCode::TooLarge, StatusCode::PAYLOAD_TOO_LARGE),
             RouterError::Unencodable(_) => (ErrorCode::BadRequest, StatusCode::BAD_REQUEST),

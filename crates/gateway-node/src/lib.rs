@@ -5,7 +5,7 @@
 //! - [`app`]: the state shared by handlers and sessions.
 //! - [`server`]: the accept loop of both listeners (header timeout and size, connection
 //!   slots and bounds) and the client listener's routes.
-//! - [`ws`]: the handshake, the session loop, writing, remote sends, limits.
+//! - [`ws`]: the handshake, the session loop, writing, requests waiting on the cluster, limits.
 //! - [`auth`]: token lookup and verification, room permissions; [`jwks`]: key sets by `kid`.
 //! - [`tls`]: the wss:// certificate, reloaded on SIGHUP.
 //! - [`routes`], [`integration`]: route selection for client frames and the HTTP calls to
@@ -41,12 +41,13 @@ use std::future::IntoFuture;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
+use protocol::room::RoomPattern;
 use protocol::NodeId;
 use room_router::bus::local::LocalBus;
 use room_router::bus::redis::RedisMode as BusRedisMode;
 use room_router::bus::redis::{RedisBus, RedisOptions};
 use room_router::bus::Bus;
-use room_router::{Router, RouterOptions};
+use room_router::{Retention, RetentionPolicy, Router, RouterOptions};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -114,7 +115,6 @@ pub fn preflight(config: &Config) -> anyhow::Result<Preflight> {
 /// Refuses configuration this version cannot honour yet, rather than ignoring it silently.
 fn check_supported(config: &Config) -> anyhow::Result<()> {
     let unsupported = [
-        (!config.history.is_empty(), "[[history]]"),
         (
             config.presence.iter().any(|p| p.events),
             "[[presence]] events",
@@ -127,6 +127,25 @@ fn check_supported(config: &Config) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Retained rooms from `[[history]]`.
+fn retention_policy(config: &Config) -> RetentionPolicy {
+    RetentionPolicy::new(
+        config
+            .history
+            .iter()
+            .map(|h| {
+                (
+                    h.rooms.iter().map(RoomPattern::new).collect(),
+                    Retention {
+                        size: h.size,
+                        ttl: h.ttl,
+                    },
+                )
+            })
+            .collect(),
+    )
 }
 
 /// The Redis bus's options from `[cluster]`.
@@ -206,6 +225,7 @@ pub async fn run(
             max_message_bytes: config.limits.max_message_bytes,
             framer: ws::outbound::frame,
             deliveries: deliveries.clone(),
+            history: retention_policy(&config),
         },
     );
     let metrics = Metrics::new(router.clone(), deliveries);

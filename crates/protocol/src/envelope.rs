@@ -172,6 +172,11 @@ struct Wire {
 /// timestamps from other nodes are clamped to it rather than trusted.
 pub const MAX_TIME_MS: u64 = 253_402_300_799_999;
 
+/// First byte of a retained room's message on the bus: `#<offset>:<epoch>:<envelope>`. The
+/// script that assigns the offset in Redis writes this prefix, since it cannot re-encode
+/// MessagePack; an envelope (a MessagePack map) never starts with it.
+pub const POSITION_MARK: u8 = b'#';
+
 const KIND_ROOM: u8 = 0;
 const KIND_DIRECT: u8 = 1;
 const KIND_DISCONNECT: u8 = 2;
@@ -251,6 +256,47 @@ impl Envelope {
         }
         // Serializing this plain struct into a Vec cannot fail.
         rmp_serde::to_vec_named(&w).unwrap_or_default()
+    }
+
+    /// Decodes a message as the bus carries it: an envelope, or a retained room's envelope
+    /// behind its position ([`POSITION_MARK`]), which then lands in the envelope's `offset`
+    /// and `epoch`.
+    pub fn decode_positioned(bytes: &[u8]) -> Result<Envelope, EnvelopeError> {
+        if bytes.first() != Some(&POSITION_MARK) {
+            return Self::decode(bytes);
+        }
+        let bad = || EnvelopeError::Invalid("malformed position".to_owned());
+        let mut parts = bytes[1..].splitn(3, |&b| b == b':');
+        let (Some(offset), Some(epoch), Some(rest)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(bad());
+        };
+        let offset: u64 = std::str::from_utf8(offset)
+            .ok()
+            .and_then(|o| o.parse().ok())
+            .ok_or_else(bad)?;
+        let epoch = std::str::from_utf8(epoch).map_err(|_| bad())?.to_owned();
+        let mut envelope = Self::decode(rest)?;
+        match &mut envelope.body {
+            EnvelopeBody::Room {
+                offset: o,
+                epoch: e,
+                ..
+            } => {
+                *o = Some(offset);
+                *e = Some(epoch);
+            }
+            _ => return Err(bad()),
+        }
+        Ok(envelope)
+    }
+
+    /// The bytes [`Envelope::decode_positioned`] reads for a positioned envelope; the Redis
+    /// bus's script writes the same prefix itself.
+    pub fn encode_positioned(&self, offset: u64, epoch: &str) -> Vec<u8> {
+        let mut out = format!("#{offset}:{epoch}:").into_bytes();
+        out.extend_from_slice(&self.encode());
+        out
     }
 
     /// Decodes and validates an envelope from another node.

@@ -268,7 +268,13 @@ proptest! {
             body: EnvelopeBody::Room { room, from, exclude: ex, data, offset: off, epoch: off.map(|_| "e1".into()) },
             traceparent: tp,
         };
-        prop_assert_eq!(Envelope::decode(&env.encode()).unwrap(), env);
+        prop_assert_eq!(Envelope::decode(&env.encode()).unwrap(), env.clone());
+        // Behind a position (a retained room's message as Redis publishes it), the position
+        // wins over what the envelope carried.
+        let positioned = Envelope::decode_positioned(&env.encode_positioned(7, "ep")).unwrap();
+        let EnvelopeBody::Room { offset, epoch, .. } = &positioned.body else { unreachable!() };
+        prop_assert_eq!((*offset, epoch.as_deref()), (Some(7), Some("ep")));
+        prop_assert_eq!(Envelope::decode_positioned(&env.encode()).unwrap(), env);
     }
 
     /// Arbitrary bytes never panic the decoder.
@@ -277,6 +283,9 @@ proptest! {
         let _ = decode_client(enc, &Bytes::from(bytes.clone()), text);
         let _ = codec::request_id(enc, &Bytes::from(bytes.clone()), text);
         let _ = Envelope::decode(&bytes);
+        let mut marked = b"#1:e:".to_vec();
+        marked.extend_from_slice(&bytes);
+        let _ = Envelope::decode_positioned(&marked);
     }
 
     /// Valid frames with bytes flipped, cut or repeated: adversarial input close to what the
@@ -490,4 +499,21 @@ fn queries_and_replies_round_trip() {
         traceparent: None,
     };
     assert_eq!(Envelope::decode(&r.encode()).unwrap(), r);
+}
+
+#[test]
+fn a_position_without_a_room_envelope_or_a_number_is_refused() {
+    let direct = Envelope {
+        origin: NodeId::new("a"),
+        body: EnvelopeBody::Disconnect {
+            to: ConnectionId::from_string("c".to_owned()),
+            code: 1000,
+        },
+        traceparent: None,
+    };
+    assert!(Envelope::decode_positioned(&direct.encode_positioned(1, "e")).is_err());
+    let mut bad = b"#x:e:".to_vec();
+    bad.extend_from_slice(&direct.encode());
+    assert!(Envelope::decode_positioned(&bad).is_err());
+    assert!(Envelope::decode_positioned(b"#12").is_err());
 }

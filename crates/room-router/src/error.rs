@@ -23,6 +23,10 @@ pub enum RouterError {
     /// The payload could not be encoded (it is not what its encoding claims).
     #[error("message cannot be encoded")]
     Unencodable(#[source] Arc<PayloadError>),
+    /// A retained room's history could not be reached (Redis down), or a recovery fell too
+    /// far behind: the join did not happen.
+    #[error("history unavailable")]
+    Unavailable(#[source] BusError),
 }
 
 /// A failed `send`, `@connections` post or disconnect.

@@ -7,6 +7,8 @@
 //! - [`registry`]: connection id → connection handle, on this node.
 //! - [`rooms`]: room membership on this node and local fan-out over copy-on-write member
 //!   snapshots, encoding once per encoding, and only the encodings some recipient needs.
+//! - [`history`]: which rooms are retained, message positions (offset and epoch), and the
+//!   in-memory ring of embedded mode.
 //! - [`bus`]: the [`Bus`](bus::Bus) trait between nodes, with [`LocalBus`](bus::local::LocalBus)
 //!   (in-process) and [`RedisBus`](bus::redis::RedisBus) behind it.
 //! - [`router`]: the [`Router`] façade the sessions and the management API call.
@@ -16,6 +18,7 @@
 
 pub mod bus;
 pub mod error;
+pub mod history;
 pub mod outbound;
 pub mod registry;
 pub mod rooms;
@@ -23,10 +26,11 @@ pub mod router;
 pub mod views;
 
 pub use error::{RouterError, SendError};
+pub use history::{HistoryPage, Position, Retention, RetentionPolicy};
 pub use outbound::{
     unframed, Deliveries, Flush, FrameKind, Framer, Outbound, PushError, Pushed, QueueLimits,
     Queued, Transport,
 };
 pub use registry::{ConnHandle, ConnInfo, SessionKind};
-pub use router::{PublishReceipt, Router, RouterOptions};
+pub use router::{JoinReceipt, PublishReceipt, Router, RouterOptions};
 pub use views::{ConnectionView, NodeView, RoomPresence};

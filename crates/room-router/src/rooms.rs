@@ -3,6 +3,7 @@
 //! Fan-out encodes a message at most once per encoding present in the room and pushes the same
 //! shared bytes to every member's queue: no per-recipient encoding or allocation.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -123,12 +124,56 @@ struct Table {
 ///
 /// A fan-out that took its snapshot before a leave may still write to the member that left;
 /// any publish issued after the leave's ack reaches it no more (SPEC section 4).
+///
+/// In a retained room, fan-outs and recoveries take turns on `recovering` (a fan-out holds it
+/// while it writes; a recovery's end holds it while it writes the replay), so that a member
+/// recovering history gets every message once, in offset order: live messages that arrive
+/// during its recovery wait in its entry there, and are written after the replay. Lock order:
+/// `recovering` before `table`, never the other way.
 #[derive(Default)]
 struct Members {
     table: Mutex<Table>,
     snapshot: ArcSwap<Vec<Arc<ConnHandle>>>,
     /// Whether `snapshot` is behind `table`. Set under the table's lock after a change.
     stale: AtomicBool,
+    /// Members recovering history, and where the room's live messages stand on this node.
+    recovering: Mutex<Turn>,
+}
+
+/// What fan-outs and recoveries of a retained room share (see [`Members`]).
+#[derive(Default)]
+struct Turn {
+    /// Members recovering history, by key.
+    members: HashMap<usize, Recovering>,
+    /// The last live message fanned out here: its offset and epoch.
+    live: Option<(u64, String)>,
+}
+
+/// Live messages kept for a member while it recovers, at most this many: a recovery that
+/// falls further behind ends the connection as a slow consumer would.
+const RECOVERY_BUFFER: usize = 1_024;
+
+/// A member recovering history.
+enum Recovering {
+    /// Reading history: the live messages (offset, bytes for its encoding) that arrived
+    /// meanwhile, and whether more arrived than it keeps.
+    Keeping {
+        kept: Vec<(u64, Bytes)>,
+        overflow: bool,
+    },
+    /// Its replay is written up to `after` in `epoch`, but live messages up to there may still
+    /// be on their way to this node (Redis answered the history read before this node read
+    /// them off its subscription): those are skipped, and the first later one makes it live.
+    CatchingUp { after: u64, epoch: String },
+}
+
+/// Why a recovery could not end with the member live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecoveryError {
+    /// The member left the room (or closed) meanwhile: nothing was written.
+    Gone,
+    /// More live messages arrived than a recovery keeps ([`RECOVERY_BUFFER`]).
+    Overflow,
 }
 
 impl Members {
@@ -187,6 +232,55 @@ fn write_all(
     out
 }
 
+/// [`write_all`] in a retained room while some members recover: what reaches them follows
+/// their [`Recovering`] state.
+fn write_all_recovering(
+    list: &[Arc<ConnHandle>],
+    frame: &mut Encodings<'_>,
+    exclude: Option<&ConnHandle>,
+    since: Instant,
+    (offset, epoch): (u64, &str),
+    recovering: &mut HashMap<usize, Recovering>,
+) -> Fanout {
+    let mut out = Fanout::default();
+    let exclude = exclude.map(|c| c as *const ConnHandle);
+    for conn in list {
+        if exclude == Some(Arc::as_ptr(conn)) {
+            continue;
+        }
+        let Ok(wire) = frame.get(conn.encoding) else {
+            continue;
+        };
+        match recovering.get_mut(&key(conn)) {
+            Some(Recovering::Keeping { kept, overflow }) => {
+                if kept.len() < RECOVERY_BUFFER {
+                    kept.push((offset, wire.bytes.clone()));
+                } else {
+                    *overflow = true;
+                }
+                continue;
+            }
+            Some(Recovering::CatchingUp { after, epoch: e }) => {
+                if offset <= *after && e == epoch {
+                    // Replayed already.
+                    continue;
+                }
+                recovering.remove(&key(conn));
+            }
+            None => {}
+        }
+        match conn.outbound.push(&wire.bytes, Some(since)) {
+            Ok(pushed) => {
+                out.queued += 1;
+                out.written += usize::from(pushed == Pushed::Written);
+            }
+            Err(PushError::Full) => out.slow_consumers += 1,
+            Err(PushError::Closed) => {}
+        }
+    }
+    out
+}
+
 /// The key of a member: the address of its handle, stable for as long as it lives.
 fn key(conn: &ConnHandle) -> usize {
     std::ptr::from_ref(conn) as usize
@@ -202,14 +296,37 @@ impl Rooms {
     /// Adds a member; returns true when it is the room's first local member (the bus must
     /// start receiving the room). The caller has checked that it was not a member already.
     pub fn join(&self, room: &RoomName, conn: &Arc<ConnHandle>) -> bool {
+        self.join_as(room, conn, false)
+    }
+
+    /// [`Rooms::join`] for a member that recovers history first: the room's live messages
+    /// are kept for it from now until [`Rooms::end_recovery`] (or [`Rooms::cancel_recovery`]).
+    pub fn join_recovering(&self, room: &RoomName, conn: &Arc<ConnHandle>) -> bool {
+        self.join_as(room, conn, true)
+    }
+
+    fn join_as(&self, room: &RoomName, conn: &Arc<ConnHandle>, recovering: bool) -> bool {
         loop {
             // The map's shard guard is released before the table's lock is taken: a join
             // never holds other rooms of its shard while it waits.
             let members = self.map.entry(room.clone()).or_default().value().clone();
+            if recovering {
+                // Before the member is in the table, so no fan-out writes to it directly.
+                members.recovering.lock().members.insert(
+                    key(conn),
+                    Recovering::Keeping {
+                        kept: Vec::new(),
+                        overflow: false,
+                    },
+                );
+            }
             let mut table = members.table.lock();
             if table.removed {
                 // The last leave is taking this table out of the map right now.
                 drop(table);
+                if recovering {
+                    members.recovering.lock().members.remove(&key(conn));
+                }
                 std::thread::yield_now();
                 continue;
             }
@@ -225,6 +342,13 @@ impl Rooms {
         let Some(members) = self.map.get(room).map(|m| m.value().clone()) else {
             return false;
         };
+        {
+            // Before the table's lock (lock order); empty but in retained rooms.
+            let mut turn = members.recovering.lock();
+            if !turn.members.is_empty() {
+                turn.members.remove(&key(conn));
+            }
+        }
         let mut table = members.table.lock();
         if table.removed || table.list.swap_remove(&key(conn)).is_none() {
             return false;
@@ -261,6 +385,94 @@ impl Rooms {
             return tokio::task::block_in_place(|| write_all(&list, frame, exclude, since));
         }
         write_all(&list, frame, exclude, since)
+    }
+
+    /// Writes or queues a retained room's message (at `offset` in `epoch`) for every local
+    /// member but `exclude`, taking its turn with recoveries: members recovering keep it for
+    /// later, or skip it when their replay had it.
+    pub fn fanout_retained(
+        &self,
+        room: &RoomName,
+        frame: &mut Encodings<'_>,
+        exclude: Option<&ConnHandle>,
+        since: Instant,
+        position: (u64, &str),
+    ) -> Fanout {
+        let Some(members) = self.map.get(room).map(|m| m.value().clone()) else {
+            return Fanout::default();
+        };
+        let mut turn = members.recovering.lock();
+        let list = members.current();
+        let turn = &mut *turn;
+        match &mut turn.live {
+            Some((o, e)) if e == position.1 => *o = position.0,
+            live => *live = Some((position.0, position.1.to_owned())),
+        }
+        let mut write = |frame: &mut Encodings<'_>| {
+            if turn.members.is_empty() {
+                write_all(&list, frame, exclude, since)
+            } else {
+                write_all_recovering(&list, frame, exclude, since, position, &mut turn.members)
+            }
+        };
+        if list.len() >= LARGE_ROOM && in_multi_thread_runtime() {
+            return tokio::task::block_in_place(|| write(frame));
+        }
+        write(frame)
+    }
+
+    /// Ends `conn`'s recovery in `room`: writes `replay` (its history in `epoch`, oldest
+    /// first, each with its offset, already framed for it), then the live messages kept
+    /// meanwhile that are newer than the replay's last and than `after`; later live messages
+    /// it has already had are skipped until the first new one. Returns the last offset
+    /// written (`after` when none).
+    pub fn end_recovery(
+        &self,
+        room: &RoomName,
+        conn: &ConnHandle,
+        replay: Vec<(u64, Bytes)>,
+        (after, epoch): (u64, &str),
+    ) -> Result<u64, RecoveryError> {
+        let Some(members) = self.map.get(room).map(|m| m.value().clone()) else {
+            return Err(RecoveryError::Gone);
+        };
+        let mut turn = members.recovering.lock();
+        let Some(Recovering::Keeping { kept, overflow }) = turn.members.remove(&key(conn)) else {
+            return Err(RecoveryError::Gone);
+        };
+        if overflow {
+            return Err(RecoveryError::Overflow);
+        }
+        let mut last = after;
+        let since = Instant::now();
+        for (offset, bytes) in replay.into_iter().chain(kept) {
+            if offset <= last {
+                continue;
+            }
+            last = offset;
+            // A full queue closes the connection (1013) by itself: the rest is moot.
+            if conn.outbound.push(&bytes, Some(since)).is_err() {
+                break;
+            }
+        }
+        let caught_up = matches!(&turn.live, Some((o, e)) if e == epoch && *o >= last);
+        if !caught_up {
+            turn.members.insert(
+                key(conn),
+                Recovering::CatchingUp {
+                    after: last,
+                    epoch: epoch.to_owned(),
+                },
+            );
+        }
+        Ok(last)
+    }
+
+    /// Forgets `conn`'s recovery in `room` (it gave up): nothing more is kept for it.
+    pub fn cancel_recovery(&self, room: &RoomName, conn: &ConnHandle) {
+        if let Some(members) = self.map.get(room).map(|m| m.value().clone()) {
+            members.recovering.lock().members.remove(&key(conn));
+        }
     }
 
     /// Ids of the local members.

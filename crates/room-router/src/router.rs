@@ -9,11 +9,12 @@ use protocol::{
     CloseCode, ConnectionId, Envelope, EnvelopeBody, NodeId, Payload, RoomName, ServerFrame,
 };
 
-use crate::bus::{Bus, BusSink};
+use crate::bus::{BoxFuture, Bus, BusSink};
 use crate::error::{BusError, RouterError, SendError};
+use crate::history::{HistoryPage, Retention, RetentionPolicy};
 use crate::outbound::{Deliveries, Framer, PushError, Pushed};
 use crate::registry::{ConnHandle, Registry, SessionKind};
-use crate::rooms::{Encodings, Rooms};
+use crate::rooms::{Encodings, RecoveryError, Rooms};
 use crate::views::{ConnectionView, NodeView, RoomPresence};
 
 /// Limits the router enforces.
@@ -27,15 +28,32 @@ pub struct RouterOptions {
     pub framer: Framer,
     /// Counts deliveries (metrics), once per fan-out.
     pub deliveries: Arc<dyn Deliveries>,
+    /// Which rooms keep history (`[[history]]`).
+    pub history: RetentionPolicy,
 }
 
 /// What a publish returns to its caller.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct PublishReceipt {
-    /// Offset in a retained room (history comes with a later issue: always `None` now).
+    /// Offset in a retained room; `None` elsewhere, and in a retained room whose history
+    /// could not be reached (the message was then delivered to this node's members only).
     pub offset: Option<u64>,
-    /// Local members the message was queued for.
+    /// The epoch of `offset`.
+    pub epoch: Option<String>,
+    /// Local members the message was queued for (a retained room's reach this node through
+    /// the bus: 0 there).
     pub local_deliveries: usize,
+}
+
+/// What a join in a retained room returns to its caller.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JoinReceipt {
+    /// The room's latest offset once the member is live (0 before any message).
+    pub offset: u64,
+    /// Its epoch.
+    pub epoch: String,
+    /// With `since`: whether every message after it was replayed.
+    pub recovered: Option<bool>,
 }
 
 /// Counters the node exports as metrics.
@@ -66,6 +84,28 @@ impl LocalNode {
         // Only a local connection can be a local member to skip.
         let exclude = exclude.and_then(|id| self.registry.get(id.as_str()));
         let out = self.rooms.fanout(room, frame, exclude.as_deref(), since);
+        self.deliveries.delivered(out.written as u64, since);
+        if out.slow_consumers > 0 {
+            self.stats
+                .slow_consumer_closes
+                .fetch_add(out.slow_consumers as u64, Ordering::Relaxed);
+        }
+        out.queued
+    }
+
+    /// [`LocalNode::fanout`] for a retained room's message, in turn with recoveries.
+    fn fanout_retained(
+        &self,
+        room: &RoomName,
+        frame: &mut Encodings<'_>,
+        exclude: Option<&ConnectionId>,
+        since: Instant,
+        position: (u64, &str),
+    ) -> usize {
+        let exclude = exclude.and_then(|id| self.registry.get(id.as_str()));
+        let out = self
+            .rooms
+            .fanout_retained(room, frame, exclude.as_deref(), since, position);
         self.deliveries.delivered(out.written as u64, since);
         if out.slow_consumers > 0 {
             self.stats
@@ -136,12 +176,24 @@ impl BusSink for LocalNode {
                     offset,
                     epoch,
                 };
-                self.fanout(
-                    &room,
-                    &mut Encodings::new(&frame, self.framer),
-                    exclude.as_ref(),
-                    since,
-                );
+                let mut encodings = Encodings::new(&frame, self.framer);
+                let ServerFrame::Message { offset, epoch, .. } = &frame else {
+                    unreachable!("built as a message above")
+                };
+                match (offset, epoch) {
+                    (Some(offset), Some(epoch)) => {
+                        self.fanout_retained(
+                            &room,
+                            &mut encodings,
+                            exclude.as_ref(),
+                            since,
+                            (*offset, epoch),
+                        );
+                    }
+                    _ => {
+                        self.fanout(&room, &mut encodings, exclude.as_ref(), since);
+                    }
+                }
             }
             EnvelopeBody::Direct { to, from, data } => {
                 // A proxied session takes no wsgate frames: a send from another node to one
@@ -190,6 +242,37 @@ impl BusSink for LocalNode {
             .into_iter()
             .map(|c| c.id.clone())
             .collect()
+    }
+}
+
+/// A join in a retained room on its way: if it does not get to the end (an error, or the
+/// session gave up), the member's recovery is forgotten and the join undone.
+struct Recovery<'a> {
+    router: &'a Router,
+    conn: &'a Arc<ConnHandle>,
+    room: &'a RoomName,
+    done: bool,
+}
+
+impl Recovery<'_> {
+    fn finish(
+        mut self,
+        result: Result<JoinReceipt, RouterError>,
+    ) -> Result<JoinReceipt, RouterError> {
+        self.done = result.is_ok();
+        result
+    }
+}
+
+impl Drop for Recovery<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.router
+                .local
+                .rooms
+                .cancel_recovery(self.room, self.conn);
+            self.router.leave(self.conn, self.room);
+        }
     }
 }
 
@@ -353,7 +436,216 @@ impl Router {
         let _ = self.bus.publish(envelope);
         Ok(PublishReceipt {
             offset: None,
+            epoch: None,
             local_deliveries,
+        })
+    }
+
+    /// What `room` retains, if it is a retained room.
+    pub fn retention(&self, room: &RoomName) -> Option<Retention> {
+        self.options.history.of(room)
+    }
+
+    /// Publishes into a retained room: the message gets the room's next offset and reaches
+    /// every member, here too, through the bus, in offset order. The publish is queued before
+    /// this returns (one publisher's messages keep their order); the future gives the
+    /// receipt. When the history cannot be reached the message is delivered to this node's
+    /// members without an offset and is not retained (SPEC section 7: Redis outage).
+    pub fn publish_retained(
+        &self,
+        room: &RoomName,
+        data: Payload,
+        from: Option<&ConnectionId>,
+        exclude_self: bool,
+        retention: Retention,
+    ) -> Result<BoxFuture<'static, PublishReceipt>, RouterError> {
+        let frame = ServerFrame::Message {
+            room: room.clone(),
+            data,
+            from: from.cloned(),
+            // The size rule counts the position as the largest it can be.
+            offset: Some(u64::MAX),
+            epoch: Some("e".repeat(crate::history::EPOCH_LEN)),
+        };
+        check_size(
+            &mut Encodings::new(&frame, self.options.framer),
+            self.options.max_message_bytes,
+        )?;
+        let ServerFrame::Message { data, from, .. } = frame else {
+            unreachable!("built as a message above")
+        };
+        let exclude = if exclude_self { from.clone() } else { None };
+        let envelope = Envelope {
+            origin: self.local.node.clone(),
+            body: EnvelopeBody::Room {
+                room: room.clone(),
+                from,
+                exclude,
+                data,
+                offset: None,
+                epoch: None,
+            },
+            traceparent: None,
+        };
+        let published = self.bus.publish_retained(envelope.clone(), retention);
+        let local = self.local.clone();
+        Ok(Box::pin(async move {
+            match published.await {
+                Ok(position) => PublishReceipt {
+                    offset: Some(position.offset),
+                    epoch: Some(position.epoch),
+                    local_deliveries: 0,
+                },
+                Err(e) => {
+                    tracing::warn!(error = %e, "retained room's history unreachable: delivering locally without an offset");
+                    let since = Instant::now();
+                    let EnvelopeBody::Room {
+                        room,
+                        from,
+                        exclude,
+                        data,
+                        ..
+                    } = envelope.body
+                    else {
+                        unreachable!("built as a room envelope above")
+                    };
+                    let frame = ServerFrame::Message {
+                        room: room.clone(),
+                        data,
+                        from,
+                        offset: None,
+                        epoch: None,
+                    };
+                    let local_deliveries = local.fanout(
+                        &room,
+                        &mut Encodings::new(&frame, local.framer),
+                        exclude.as_ref(),
+                        since,
+                    );
+                    PublishReceipt {
+                        offset: None,
+                        epoch: None,
+                        local_deliveries,
+                    }
+                }
+            }
+        }))
+    }
+
+    /// Joins a retained room: with `since` (and the `epoch` it belongs to), the messages
+    /// retained after it are written first, then the member goes live with no gap and no
+    /// duplicate, however many messages arrive meanwhile. Without `since` nothing is
+    /// replayed, and the receipt's offset is where the member's messages start after.
+    pub async fn join_retained(
+        &self,
+        conn: &Arc<ConnHandle>,
+        room: &RoomName,
+        retention: Retention,
+        since: Option<u64>,
+        epoch: Option<&str>,
+    ) -> Result<JoinReceipt, RouterError> {
+        match conn.add_room(room, self.options.rooms_per_connection) {
+            Err(()) => return Err(RouterError::RoomLimit(self.options.rooms_per_connection)),
+            Ok(false) => {
+                // Already a member, live: nothing to replay, only where the room stands.
+                let page = self
+                    .bus
+                    .history(room, u64::MAX, None, retention)
+                    .await
+                    .map_err(RouterError::Unavailable)?;
+                return Ok(JoinReceipt {
+                    offset: page.latest.offset,
+                    epoch: page.latest.epoch,
+                    recovered: since.map(|_| false),
+                });
+            }
+            Ok(true) => {}
+        }
+        if self.local.rooms.join_recovering(room, conn) {
+            self.bus.interest_changed(room);
+        }
+        let recovery = Recovery {
+            router: self,
+            conn,
+            room,
+            done: false,
+        };
+        let result = self.recover(conn, room, retention, since, epoch).await;
+        recovery.finish(result)
+    }
+
+    async fn recover(
+        &self,
+        conn: &Arc<ConnHandle>,
+        room: &RoomName,
+        retention: Retention,
+        since: Option<u64>,
+        epoch: Option<&str>,
+    ) -> Result<JoinReceipt, RouterError> {
+        self.bus
+            .receiving(room)
+            .await
+            .map_err(RouterError::Unavailable)?;
+        let page: HistoryPage = self
+            .bus
+            .history(room, since.unwrap_or(u64::MAX), epoch, retention)
+            .await
+            .map_err(RouterError::Unavailable)?;
+        let same_epoch = epoch.is_none_or(|e| e == page.latest.epoch);
+        let after = match since {
+            None => page.latest.offset,
+            Some(s) if same_epoch && s <= page.latest.offset => s,
+            Some(_) => 0,
+        };
+        let mut replay = Vec::with_capacity(page.entries.len());
+        for envelope in &page.entries {
+            let EnvelopeBody::Room {
+                room,
+                from,
+                exclude,
+                data,
+                offset: Some(offset),
+                epoch,
+            } = &envelope.body
+            else {
+                continue;
+            };
+            if exclude.as_ref() == Some(&conn.id) {
+                continue;
+            }
+            let frame = ServerFrame::Message {
+                room: room.clone(),
+                data: data.clone(),
+                from: from.clone(),
+                offset: Some(*offset),
+                epoch: epoch.clone(),
+            };
+            let Ok(encoded) = frame.encode(conn.encoding) else {
+                continue;
+            };
+            replay.push((*offset, (self.options.framer)(&encoded)));
+        }
+        let last =
+            match self
+                .local
+                .rooms
+                .end_recovery(room, conn, replay, (after, &page.latest.epoch))
+            {
+                Ok(last) => last,
+                Err(RecoveryError::Gone) => after,
+                Err(RecoveryError::Overflow) => {
+                    conn.outbound.close(CloseCode::TRY_AGAIN_LATER);
+                    self.local
+                        .stats
+                        .slow_consumer_closes
+                        .fetch_add(1, Ordering::Relaxed);
+                    return Err(RouterError::Unavailable(BusError::Overloaded));
+                }
+            };
+        Ok(JoinReceipt {
+            offset: last.max(page.latest.offset),
+            recovered: since.map(|s| page.recovers(s, epoch)),
+            epoch: page.latest.epoch,
         })
     }
 

@@ -10,11 +10,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
+use protocol::room::RoomPattern;
 use protocol::{CloseCode, ConnectionId, Encoding, NodeId, Payload, RoomName, ServerFrame};
 use room_router::bus::local::LocalHub;
 use room_router::bus::redis::{RedisBus, RedisMode, RedisOptions};
 use room_router::{
-    ConnHandle, ConnInfo, QueueLimits, Router, RouterError, RouterOptions, SendError, SessionKind,
+    ConnHandle, ConnInfo, QueueLimits, Retention, RetentionPolicy, Router, RouterError,
+    RouterOptions, SendError, SessionKind,
 };
 use wsgate_tests::{cluster_name, Redis};
 
@@ -29,8 +31,15 @@ fn options() -> RouterOptions {
         max_message_bytes: 256,
         framer: room_router::unframed,
         deliveries: Arc::new(()),
+        history: RetentionPolicy::new(vec![(vec![RoomPattern::new("kept:*")], KEEP)]),
     }
 }
+
+/// What `kept:*` rooms retain.
+const KEEP: Retention = Retention {
+    size: 10,
+    ttl: Duration::from_secs(60),
+};
 
 /// Routers forming one cluster, and the Redis behind them if any.
 struct Cluster {
@@ -220,6 +229,74 @@ async fn cross_node_publish_reaches_every_member_once_in_order(cluster: Cluster)
     assert!(take(&outsider).0.is_empty(), "non-members get nothing");
 }
 
+fn offsets_of(frames: &[ServerFrame]) -> Vec<u64> {
+    frames
+        .iter()
+        .filter_map(|f| match f {
+            ServerFrame::Message { offset, .. } => *offset,
+            _ => None,
+        })
+        .collect()
+}
+
+/// Retained rooms: publishes from two nodes get unique offsets that every member, the
+/// publisher's node's included, receives in order; a join with `since` replays what is
+/// retained after it and recovers; the publisher's `exclude_self` holds.
+async fn retained_rooms_give_offsets_and_recover(cluster: Cluster) {
+    let r = room("kept:1");
+    let a = connect(&cluster[0], Encoding::Json, 64).await;
+    let b = connect(&cluster[1], Encoding::MsgPack, 64).await;
+    for (node, c) in [(0, &a), (1, &b)] {
+        let receipt = cluster[node]
+            .join_retained(c, &r, KEEP, None, None)
+            .await
+            .unwrap();
+        assert_eq!(receipt.recovered, None);
+    }
+    let mut acked = Vec::new();
+    for i in 0..6 {
+        let node = i % 2;
+        let from = [&a, &b][node];
+        let data = Payload::from_json_value(&serde_json::json!({ "n": i }));
+        let receipt = cluster[node]
+            .publish_retained(&r, data, Some(&from.id), false, KEEP)
+            .unwrap()
+            .await;
+        acked.push(receipt.offset.expect("an offset"));
+    }
+    assert_eq!(acked, [1, 2, 3, 4, 5, 6]);
+    for member in [&a, &b] {
+        assert_eq!(
+            offsets_of(&frames(member, 6).await),
+            acked,
+            "every member, in order"
+        );
+    }
+    let receipt = cluster[0]
+        .publish_retained(&r, json("7"), Some(&a.id), true, KEEP)
+        .unwrap()
+        .await;
+    assert_eq!(receipt.offset, Some(7));
+    assert_eq!(offsets_of(&frames(&b, 1).await), [7]);
+    nothing(&a).await;
+    assert!(take(&a).0.is_empty(), "exclude_self in a retained room");
+
+    let late = connect(&cluster[1], Encoding::Json, 64).await;
+    let epoch = receipt.epoch.unwrap();
+    let joined = cluster[1]
+        .join_retained(&late, &r, KEEP, Some(4), Some(&epoch))
+        .await
+        .unwrap();
+    assert_eq!((joined.offset, joined.recovered), (7, Some(true)));
+    assert_eq!(offsets_of(&frames(&late, 3).await), [5, 6, 7]);
+    nothing(&late).await;
+    cluster[0]
+        .publish_retained(&r, json("8"), None, false, KEEP)
+        .unwrap()
+        .await;
+    assert_eq!(offsets_of(&frames(&late, 1).await), [8], "then live");
+}
+
 async fn leave_and_close_stop_delivery(cluster: Cluster) {
     let r = room("r");
     let a = connect(&cluster[0], Encoding::Json, 64).await;
@@ -381,6 +458,7 @@ macro_rules! contract {
 
 contract! {
     cross_node_publish_reaches_every_member_once_in_order: 2;
+    retained_rooms_give_offsets_and_recover: 2;
     leave_and_close_stop_delivery: 2;
     leaves_remove_exactly_the_member_that_left: 1;
     send_and_disconnect_reach_other_nodes: 3;

@@ -47,6 +47,25 @@ impl Bus for SeamBus {
     fn publish(&self, envelope: Envelope) -> Result<(), BusError> {
         self.inner.publish(envelope)
     }
+    fn publish_retained(
+        &self,
+        envelope: Envelope,
+        retention: room_router::Retention,
+    ) -> BoxFuture<'static, Result<room_router::Position, BusError>> {
+        self.inner.publish_retained(envelope, retention)
+    }
+    fn history<'a>(
+        &'a self,
+        room: &'a RoomName,
+        since: u64,
+        epoch: Option<&'a str>,
+        retention: room_router::Retention,
+    ) -> BoxFuture<'a, Result<room_router::HistoryPage, BusError>> {
+        self.inner.history(room, since, epoch, retention)
+    }
+    fn receiving<'a>(&'a self, room: &'a RoomName) -> BoxFuture<'a, Result<(), BusError>> {
+        self.inner.receiving(room)
+    }
     fn connection_opened<'a>(&'a self, id: &'a ConnectionId) -> BoxFuture<'a, ()> {
         self.inner.connection_opened(id)
     }
@@ -90,6 +109,7 @@ fn options() -> RouterOptions {
         max_message_bytes: 1024,
         framer: room_router::unframed,
         deliveries: Arc::new(()),
+        history: Default::default(),
     }
 }
 

@@ -37,14 +37,23 @@ pub async fn publish(
         .data
         .ok_or_else(|| ApiError::bad_request("missing field `data`"))?;
     let data = json_payload(data.get().as_bytes())?;
-    let receipt = app
-        .router
-        .publish(&room, data, None, false)
-        .map_err(ApiError::from)?;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(serde_json::json!({ "offset": receipt.offset })),
-    ))
+    let receipt = match app.router.retention(&room) {
+        Some(retention) => {
+            app.router
+                .publish_retained(&room, data, None, false, retention)
+                .map_err(ApiError::from)?
+                .await
+        }
+        None => app
+            .router
+            .publish(&room, data, None, false)
+            .map_err(ApiError::from)?,
+    };
+    let mut answer = serde_json::json!({ "offset": receipt.offset });
+    if let Some(epoch) = receipt.epoch {
+        answer["epoch"] = epoch.into();
+    }
+    Ok((StatusCode::ACCEPTED, Json(answer)))
 }
 
 /// Query of `GET /rooms/{room}`.

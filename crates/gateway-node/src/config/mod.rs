@@ -220,6 +220,26 @@ impl Config {
         if c.node_heartbeat.is_zero() {
             return Err(invalid("cluster.node_heartbeat", "must be greater than 0"));
         }
+        for h in &self.history {
+            if h.rooms.is_empty() {
+                return Err(invalid(
+                    "history.rooms",
+                    "must list at least one room pattern",
+                ));
+            }
+            if h.size == 0 || h.size > self.limits.outbound_queue {
+                return Err(invalid(
+                    "history.size",
+                    format!(
+                        "must be between 1 and limits.outbound_queue ({}): a replay must fit in a connection's queue",
+                        self.limits.outbound_queue
+                    ),
+                ));
+            }
+            if h.ttl < Duration::from_millis(1) {
+                return Err(invalid("history.ttl", "must be at least 1ms"));
+            }
+        }
         if let Some(auth) = &self.auth {
             validate_auth(auth)?;
             if !auth.cookie.is_empty()

@@ -32,7 +32,7 @@ use crate::integration::{
 use crate::routes::Selected;
 use crate::ws::limits::RateLimiter;
 use crate::ws::outbound::{self, flush_all, ClientSocket, SessionIo};
-use crate::ws::sends::{Done, Pending, SendQueue};
+use crate::ws::waiting::{Done, Outcome, Pending, SendQueue};
 
 /// The WebSocket of one client: tungstenite reads; writes go through the outbound.
 type Ws = tokio_tungstenite::WebSocketStream<SessionIo>;
@@ -322,7 +322,7 @@ impl Session {
                         return end;
                     }
                 }
-                done = self.sends.next(), if !self.sends.is_empty() => self.on_send_done(done),
+                done = self.sends.next(), if !self.sends.is_empty() => self.on_done(done),
                 done = self.calls.next(), if !self.calls.is_empty() => {
                     if let Some(done) = done {
                         self.on_call_done(done);
@@ -482,20 +482,38 @@ impl Session {
             .unwrap_or_default();
         match frame {
             ClientFrame::Join {
-                id, room, since, ..
+                id,
+                room,
+                since,
+                epoch,
             } => {
                 if !room_allowed(self.identity.as_ref(), policy, room.as_str()) {
                     self.error(id, ErrorCode::Forbidden, "not allowed in this room");
+                } else if let Some(retention) = router.retention(&room) {
+                    let conn = self.conn.clone();
+                    let refused_id = id.clone();
+                    let join: Pending = Box::pin(async move {
+                        let result = router
+                            .join_retained(&conn, &room, retention, since, epoch.as_deref())
+                            .await;
+                        Done {
+                            id,
+                            outcome: Outcome::Joined(result),
+                        }
+                    });
+                    if self.sends.push(join, 0).is_err() {
+                        self.too_many_waiting(refused_id);
+                    }
                 } else {
                     match router.join(&self.conn, &room) {
-                        Ok(()) => self.ack(id, None, since.map(|_| false)),
+                        Ok(()) => self.ack(id, None, None, since.map(|_| false)),
                         Err(e) => self.router_error(id, e),
                     }
                 }
             }
             ClientFrame::Leave { id, room } => {
                 router.leave(&self.conn, &room);
-                self.ack(id, None, None);
+                self.ack(id, None, None, None);
             }
             ClientFrame::Publish {
                 id,
@@ -505,9 +523,34 @@ impl Session {
             } => {
                 if !room_allowed(self.identity.as_ref(), policy, room.as_str()) {
                     self.error(id, ErrorCode::Forbidden, "not allowed in this room");
+                } else if let Some(retention) = router.retention(&room) {
+                    let size = data.raw_len();
+                    if !self.sends.fits(size) {
+                        self.too_many_waiting(id);
+                        return None;
+                    }
+                    match router.publish_retained(
+                        &room,
+                        data,
+                        Some(&self.conn.id),
+                        exclude_self,
+                        retention,
+                    ) {
+                        Ok(published) => {
+                            let publish: Pending = Box::pin(async move {
+                                Done {
+                                    id,
+                                    outcome: Outcome::Published(published.await),
+                                }
+                            });
+                            // Fits: checked above, and nothing was queued since.
+                            let _ = self.sends.push(publish, size);
+                        }
+                        Err(e) => self.router_error(id, e),
+                    }
                 } else {
                     match router.publish(&room, data, Some(&self.conn.id), exclude_self) {
-                        Ok(receipt) => self.ack(id, receipt.offset, None),
+                        Ok(_) => self.ack(id, None, None, None),
                         Err(e) => self.router_error(id, e),
                     }
                 }
@@ -517,20 +560,22 @@ impl Session {
                 if self.sends.is_empty() && router.local_connection(to.as_str()).is_some() {
                     // A local target is a queue push: answered at once, nothing to wait on.
                     let result = router.send(&to, data, from).await;
-                    self.on_send_done(Done { id, result });
+                    self.on_done(Done {
+                        id,
+                        outcome: Outcome::Sent(result),
+                    });
                 } else {
                     let refused_id = id.clone();
                     let size = data.raw_len();
                     let send: Pending = Box::pin(async move {
                         let result = router.send(&to, data, from).await;
-                        Done { id, result }
+                        Done {
+                            id,
+                            outcome: Outcome::Sent(result),
+                        }
                     });
                     if self.sends.push(send, size).is_err() {
-                        self.error(
-                            refused_id,
-                            ErrorCode::Unavailable,
-                            "too many sends waiting for the cluster",
-                        );
+                        self.too_many_waiting(refused_id);
                     }
                 }
             }
@@ -637,7 +682,7 @@ impl Session {
                         data: answer_data(&answer.body),
                     });
                 } else {
-                    self.ack(done.id, None, None);
+                    self.ack(done.id, None, None, None);
                 }
             }
             Ok(answer) => self.error(
@@ -649,12 +694,23 @@ impl Session {
         }
     }
 
-    /// Answers a finished `send`.
-    fn on_send_done(&mut self, done: Done) {
-        match done.result {
-            Ok(()) => self.ack(done.id, None, None),
-            Err(e) => self.failure(done.id, Failure::of_send(&e)),
+    /// Answers a request that waited on the cluster.
+    fn on_done(&mut self, done: Done) {
+        match done.outcome {
+            Outcome::Sent(Ok(())) => self.ack(done.id, None, None, None),
+            Outcome::Sent(Err(e)) => self.failure(done.id, Failure::of_send(&e)),
+            Outcome::Published(r) => self.ack(done.id, r.offset, r.epoch, None),
+            Outcome::Joined(Ok(r)) => self.ack(done.id, Some(r.offset), Some(r.epoch), r.recovered),
+            Outcome::Joined(Err(e)) => self.router_error(done.id, e),
         }
+    }
+
+    fn too_many_waiting(&mut self, id: Option<RequestId>) {
+        self.error(
+            id,
+            ErrorCode::Unavailable,
+            "too many requests waiting for the cluster",
+        );
     }
 
     async fn refresh(&mut self, id: Option<RequestId>, token: &str) -> Option<End> {
@@ -670,7 +726,7 @@ impl Session {
             Ok(new) if new.sub == self.identity.as_ref().and_then(|i| i.sub.clone()) => {
                 self.token_deadline = Some(instant_of(auth.expiry(&new)));
                 self.identity = Some(new);
-                self.ack(id, None, None);
+                self.ack(id, None, None, None);
                 None
             }
             _ => Some(End::Close(CloseCode::POLICY)),
@@ -685,12 +741,18 @@ impl Session {
         self.error(id, f.code, &f.message);
     }
 
-    fn ack(&mut self, id: Option<RequestId>, offset: Option<u64>, recovered: Option<bool>) {
+    fn ack(
+        &mut self,
+        id: Option<RequestId>,
+        offset: Option<u64>,
+        epoch: Option<String>,
+        recovered: Option<bool>,
+    ) {
         if id.is_some() {
             self.reply(&ServerFrame::Ack {
                 id,
                 offset,
-                epoch: None,
+                epoch,
                 recovered,
             });
         }
@@ -755,6 +817,7 @@ mod tests {
                 max_message_bytes: 65_536,
                 framer: outbound::frame,
                 deliveries: Arc::new(()),
+                history: Default::default(),
             },
         );
         let metrics =

@@ -3,16 +3,20 @@
 //! In embedded mode a node is alone on its hub, so publishing costs one map lookup. Several
 //! routers on one hub behave like nodes on one Redis, which lets the contract tests run the
 //! same cluster semantics on both buses. Delivery is synchronous, in the publisher's call, so
-//! per-publisher order holds trivially.
+//! per-publisher order holds trivially. Retained rooms keep their history in a [`Ring`] per
+//! room on the hub, whose lock also orders their deliveries by offset.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use parking_lot::RwLock;
+use dashmap::DashMap;
+use parking_lot::{Mutex, RwLock};
 use protocol::{ConnectionId, Envelope, NodeId, RoomName};
 
 use super::{BoxFuture, Bus, BusSink};
 use crate::error::BusError;
+use crate::history::{HistoryPage, Position, Retention, Ring};
 use crate::views::{ConnectionView, NodeView, RoomPresence};
 
 /// The shared state of one in-process cluster.
@@ -20,7 +24,13 @@ use crate::views::{ConnectionView, NodeView, RoomPresence};
 pub struct LocalHub {
     nodes: Arc<RwLock<HashMap<NodeId, Arc<dyn BusSink>>>>,
     interest: Arc<RwLock<HashMap<RoomName, HashSet<NodeId>>>>,
+    history: Arc<DashMap<RoomName, Arc<Mutex<Ring>>>>,
+    /// Retained publishes, for the occasional sweep of rooms whose position expired.
+    retained_publishes: Arc<AtomicU64>,
 }
+
+/// Retained publishes between two sweeps of expired rings.
+const SWEEP_EVERY: u64 = 4_096;
 
 impl LocalHub {
     /// A new, empty cluster.
@@ -43,6 +53,28 @@ impl LocalHub {
             .filter(|(id, _)| *id != me)
             .map(|(id, s)| (id.clone(), s.clone()))
             .collect()
+    }
+
+    /// Nodes with members in `room`, `me` included when `with_me`.
+    fn interested(&self, room: &RoomName, me: &NodeId, with_me: bool) -> Vec<Arc<dyn BusSink>> {
+        let interest = self.interest.read();
+        let Some(nodes) = interest.get(room) else {
+            return Vec::new();
+        };
+        let all = self.nodes.read();
+        nodes
+            .iter()
+            .filter(|n| with_me || *n != me)
+            .filter_map(|n| all.get(n).cloned())
+            .collect()
+    }
+
+    fn ring(&self, room: &RoomName) -> Arc<Mutex<Ring>> {
+        self.history
+            .entry(room.clone())
+            .or_default()
+            .value()
+            .clone()
     }
 }
 
@@ -90,22 +122,51 @@ impl Bus for LocalBus {
             return Ok(());
         };
         // Collect the targets first: delivering under the interest lock would block joins.
-        let targets: Vec<Arc<dyn BusSink>> = {
-            let interest = self.hub.interest.read();
-            let Some(nodes) = interest.get(room) else {
-                return Ok(());
-            };
-            let all = self.hub.nodes.read();
-            nodes
-                .iter()
-                .filter(|n| **n != self.node)
-                .filter_map(|n| all.get(n).cloned())
-                .collect()
-        };
-        for sink in targets {
+        for sink in self.hub.interested(room, &self.node, false) {
             sink.deliver(envelope.clone());
         }
         Ok(())
+    }
+
+    fn publish_retained(
+        &self,
+        mut envelope: Envelope,
+        retention: Retention,
+    ) -> BoxFuture<'static, Result<Position, BusError>> {
+        let protocol::EnvelopeBody::Room { room, .. } = &envelope.body else {
+            return Box::pin(std::future::ready(Err(BusError::Config(
+                "only room envelopes are retained".to_owned(),
+            ))));
+        };
+        let room = room.clone();
+        let ring = self.hub.ring(&room);
+        // Offsets are given and delivered under the room's lock: every node sees them in order.
+        let mut ring = ring.lock();
+        let position = ring.append(&mut envelope, retention);
+        for sink in self.hub.interested(&room, &self.node, true) {
+            sink.deliver(envelope.clone());
+        }
+        drop(ring);
+        if self.hub.retained_publishes.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == 0 {
+            self.hub.history.retain(|_, r| !r.lock().expired());
+        }
+        Box::pin(std::future::ready(Ok(position)))
+    }
+
+    fn history<'a>(
+        &'a self,
+        room: &'a RoomName,
+        since: u64,
+        epoch: Option<&'a str>,
+        retention: Retention,
+    ) -> BoxFuture<'a, Result<HistoryPage, BusError>> {
+        let page = self.hub.ring(room).lock().read(since, epoch, retention);
+        Box::pin(std::future::ready(Ok(page)))
+    }
+
+    fn receiving<'a>(&'a self, _room: &'a RoomName) -> BoxFuture<'a, Result<(), BusError>> {
+        // Interest changes synchronously here: a room with local members is received.
+        Box::pin(std::future::ready(Ok(())))
     }
 
     fn connection_opened<'a>(&'a self, _id: &'a ConnectionId) -> BoxFuture<'a, ()> {

@@ -5,7 +5,9 @@
 //!   delivered to local members only and lost for other nodes (SPEC section 7).
 //! - **Order**: messages of one publisher to one room reach every node in the order published.
 //! - **Echo**: a node delivers its own publishes locally at once and ignores their echo, so
-//!   local members get each message once; the bus never hands a node its own room envelope.
+//!   local members get each message once; the bus never hands a node its own room envelope,
+//!   except in retained rooms, whose messages every node, the publisher's included, gets from
+//!   the bus in offset order ([`Bus::publish_retained`]).
 //! - **Interest**: a node receives only the rooms it announced with [`Bus::subscribe`].
 //! - **Bounded**: no call blocks on the network and every internal queue is bounded; when the
 //!   bus cannot keep up it drops and says so ([`BusError::Overloaded`]).
@@ -23,6 +25,7 @@ use std::sync::Arc;
 use protocol::{ConnectionId, Envelope, RoomName};
 
 use crate::error::BusError;
+use crate::history::{HistoryPage, Position, Retention};
 use crate::views::{ConnectionView, NodeView, RoomPresence};
 
 /// Counters of what a bus dropped since the node started.
@@ -70,6 +73,34 @@ pub trait Bus: Send + Sync + 'static {
 
     /// Sends a room envelope to every other node with members in the room.
     fn publish(&self, envelope: Envelope) -> Result<(), BusError>;
+
+    /// Publishes into a retained room (SPEC section 7): gives the envelope the room's next
+    /// offset, appends it to the room's history and delivers it to every node with members,
+    /// **this one included**, in offset order, as one step (one Redis round trip), so two
+    /// nodes publishing at once never share or reorder an offset. The envelope is queued
+    /// before this returns, so one caller's publishes keep their order; the future resolves
+    /// with the offset given. An error means the history could not be reached (Redis down):
+    /// nothing was delivered, and the caller delivers locally without an offset.
+    fn publish_retained(
+        &self,
+        envelope: Envelope,
+        retention: Retention,
+    ) -> BoxFuture<'static, Result<Position, BusError>>;
+
+    /// What `room` retains after `since` in `epoch` (`None`: the room's current one), and its
+    /// latest position.
+    fn history<'a>(
+        &'a self,
+        room: &'a RoomName,
+        since: u64,
+        epoch: Option<&'a str>,
+        retention: Retention,
+    ) -> BoxFuture<'a, Result<HistoryPage, BusError>>;
+
+    /// Resolves once this node receives `room`'s messages, the room having local members
+    /// (its subscription is in place): a recovery reads history only after that, so that
+    /// every later message reaches it live.
+    fn receiving<'a>(&'a self, room: &'a RoomName) -> BoxFuture<'a, Result<(), BusError>>;
 
     /// A connection opened here: record that this node holds it (affinity). Resolves once the
     /// record is written (or the bus is down), so a welcome sent after it is reachable.

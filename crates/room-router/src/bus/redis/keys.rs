@@ -13,6 +13,12 @@ impl Keys {
     pub(super) fn node(&self, node: &str) -> String {
         format!("{}:node:{{{}}}", self.prefix, node)
     }
+    pub(super) fn history(&self, room: &str) -> String {
+        format!("{}:hist:{{{}}}", self.prefix, room)
+    }
+    pub(super) fn history_meta(&self, room: &str) -> String {
+        format!("{}:hmeta:{{{}}}", self.prefix, room)
+    }
     pub(super) fn conn(&self, id: &str) -> String {
         format!("{}:conn:{}", self.prefix, id)
     }

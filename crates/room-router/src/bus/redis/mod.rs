@@ -49,6 +49,7 @@ use tokio_util::task::TaskTracker;
 
 use super::{BoxFuture, Bus, BusSink};
 use crate::error::BusError;
+use crate::history::{HistoryPage, Position, Retention};
 use crate::views::{ConnectionView, NodeView, RoomPresence};
 
 /// Settings of a [`RedisBus`].
@@ -74,6 +75,7 @@ pub struct RedisOptions {
 }
 
 mod affinity;
+mod history;
 mod keys;
 mod publisher;
 mod queries;
@@ -87,7 +89,7 @@ pub use url::RedisMode;
 
 use affinity::{Affinity, AFFINITY_BATCH};
 use keys::Keys;
-use publisher::Publisher;
+use publisher::{Outgoing, Publisher};
 use queries::Queries;
 use reader::info_to_view;
 use subscriptions::Subscriptions;
@@ -99,6 +101,8 @@ const FANOUT_QUEUE: usize = 4_096;
 /// Bytes of room envelopes waiting for the fan-out workers, all together, at most: past it
 /// envelopes are dropped (counted in `dropped`), as a slow reader's would be.
 const FANOUT_QUEUE_BYTES: usize = 32 << 20;
+/// How long a recovery waits for its room's subscription before answering `unavailable`.
+const RECEIVING_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long the first connection may take before start-up fails.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -385,16 +389,59 @@ impl Bus for RedisBus {
             return Ok(());
         };
         let channel = self.inner.keys.room(room.as_str());
-        if self
-            .inner
-            .publisher
-            .enqueue(channel, Bytes::from(envelope.encode()))
-        {
+        let out = Outgoing::Plain(channel, Bytes::from(envelope.encode()));
+        if self.inner.publisher.enqueue(out).is_ok() {
             Ok(())
         } else {
             self.inner.dropped.fetch_add(1, Ordering::Relaxed);
             Err(BusError::Overloaded)
         }
+    }
+
+    fn publish_retained(
+        &self,
+        envelope: Envelope,
+        retention: Retention,
+    ) -> BoxFuture<'static, Result<Position, BusError>> {
+        let EnvelopeBody::Room { room, .. } = &envelope.body else {
+            return Box::pin(std::future::ready(Err(BusError::Config(
+                "only room envelopes are retained".to_owned(),
+            ))));
+        };
+        let (reply, answer) = oneshot::channel();
+        let out = Outgoing::Retained(history::RetainedPublish {
+            room: room.clone(),
+            envelope: Bytes::from(envelope.encode()),
+            retention,
+            reply,
+        });
+        if self.inner.publisher.enqueue(out).is_err() {
+            self.inner.dropped.fetch_add(1, Ordering::Relaxed);
+            return Box::pin(std::future::ready(Err(BusError::Overloaded)));
+        }
+        Box::pin(async move { answer.await.unwrap_or(Err(BusError::Down)) })
+    }
+
+    fn history<'a>(
+        &'a self,
+        room: &'a RoomName,
+        since: u64,
+        epoch: Option<&'a str>,
+        retention: Retention,
+    ) -> BoxFuture<'a, Result<HistoryPage, BusError>> {
+        Box::pin(self.inner.read_history(room, since, epoch, retention))
+    }
+
+    fn receiving<'a>(&'a self, room: &'a RoomName) -> BoxFuture<'a, Result<(), BusError>> {
+        Box::pin(async move {
+            let Some(confirmed) = self.inner.subscriptions.wait(room) else {
+                return Ok(());
+            };
+            match tokio::time::timeout(RECEIVING_TIMEOUT, confirmed).await {
+                Ok(Ok(())) => Ok(()),
+                _ => Err(BusError::Down),
+            }
+        })
     }
 
     fn connection_opened<'a>(&'a self, id: &'a ConnectionId) -> BoxFuture<'a, ()> {

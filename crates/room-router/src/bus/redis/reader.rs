@@ -55,7 +55,7 @@ impl Inner {
             let Some(bytes) = msg.value.as_bytes() else {
                 continue;
             };
-            let envelope = match Envelope::decode(bytes) {
+            let envelope = match Envelope::decode_positioned(bytes) {
                 Ok(e) => e,
                 Err(e) => {
                     let n = self.malformed.fetch_add(1, Ordering::Relaxed) + 1;
@@ -73,8 +73,9 @@ impl Inner {
     fn dispatch(self: &Arc<Self>, envelope: Envelope, size: usize) {
         let Some(sink) = self.sink() else { return };
         match envelope.body {
-            EnvelopeBody::Room { .. } if envelope.origin == self.opts.node => {
-                // Our own publish: local members already have it.
+            EnvelopeBody::Room { offset: None, .. } if envelope.origin == self.opts.node => {
+                // Our own publish: local members already have it. A retained room's (with
+                // an offset) comes back here like everyone's, in offset order.
             }
             EnvelopeBody::Query {
                 id,

@@ -8,6 +8,15 @@ use super::*;
 pub(super) struct Subscriptions {
     dirty: Mutex<HashSet<RoomName>>,
     notify: Notify,
+    confirmed: Mutex<Confirmed>,
+}
+
+/// Rooms Redis has confirmed the subscription of, and who waits for one: one lock, so that a
+/// waiter cannot register just after the confirmation it waits for went by.
+#[derive(Default)]
+struct Confirmed {
+    rooms: HashSet<RoomName>,
+    waiters: std::collections::HashMap<RoomName, Vec<oneshot::Sender<()>>>,
 }
 
 impl Subscriptions {
@@ -15,6 +24,36 @@ impl Subscriptions {
     pub(super) fn mark(&self, room: &RoomName) {
         self.dirty.lock().insert(room.clone());
         self.notify.notify_one();
+    }
+
+    /// `None` when the room's subscription is confirmed, else a receiver that resolves when
+    /// it is.
+    pub(super) fn wait(&self, room: &RoomName) -> Option<oneshot::Receiver<()>> {
+        let mut c = self.confirmed.lock();
+        if c.rooms.contains(room) {
+            return None;
+        }
+        let (tx, rx) = oneshot::channel();
+        c.waiters.entry(room.clone()).or_default().push(tx);
+        drop(c);
+        self.mark(room);
+        Some(rx)
+    }
+
+    fn confirm(&self, room: &RoomName, subscribed: bool) {
+        let mut c = self.confirmed.lock();
+        if subscribed {
+            c.rooms.insert(room.clone());
+            for waiter in c.waiters.remove(room).unwrap_or_default() {
+                let _ = waiter.send(());
+            }
+        } else {
+            c.rooms.remove(room);
+            // A waiter whose room emptied again waits for the next subscription, or gives up.
+            if let Some(w) = c.waiters.get_mut(room) {
+                w.retain(|tx| !tx.is_closed());
+            }
+        }
     }
 
     fn take(&self) -> HashSet<RoomName> {
@@ -47,6 +86,9 @@ impl Inner {
                 if sink.has_members(&room) {
                     if !have || !sure {
                         add.push(room);
+                    } else {
+                        // Already in place: a recovery asking again is answered at once.
+                        self.subscriptions.confirm(&room, true);
                     }
                 } else if have || !sure {
                     remove.push(room);
@@ -62,6 +104,7 @@ impl Inner {
                     match result {
                         Ok(()) => {
                             uncertain.remove(&room);
+                            self.subscriptions.confirm(&room, subscribe);
                             if subscribe {
                                 subscribed.insert(room);
                             } else {

@@ -1,32 +1,46 @@
-//! A connection's `send`s to other nodes, run one at a time, in order, beside its session.
+//! A connection's requests that wait on the cluster, run one at a time, in order, beside its
+//! session: `send`s to other nodes, and publishes and joins in retained rooms.
 //!
-//! A `send` to a connection on another node waits on Redis (a lookup, then a publish). The
+//! A `send` to a connection on another node waits on Redis (a lookup, then a publish); a
+//! retained publish waits for its offset, a join with history for the room's history. The
 //! session must not: while Redis answers it keeps reading frames, flushing its queue and
-//! answering pings. So a remote `send` becomes a future held here, which the session polls
-//! in its `select!` next to everything else. They run one at a time so that two sends from one
-//! client reach their targets in the order sent, and at most [`MAX_WAITING`] sends holding at
-//! most `limits.outbound_queue_bytes` of payload wait: past that the client is told the
-//! cluster is not keeping up, and nothing queues without bound.
+//! answering pings. So each becomes a future held here, which the session polls in its
+//! `select!` next to everything else. They run one at a time so that two sends from one
+//! client reach their targets in the order sent and acks come in request order, and at most
+//! [`MAX_WAITING`] requests holding at most `limits.outbound_queue_bytes` of payload wait:
+//! past that the client is told the cluster is not keeping up, and nothing queues without
+//! bound.
 
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 
 use protocol::RequestId;
-use room_router::SendError;
+use room_router::{JoinReceipt, PublishReceipt, RouterError, SendError};
 
-/// Sends one connection may have waiting for the cluster.
+/// Requests one connection may have waiting for the cluster.
 pub const MAX_WAITING: usize = 64;
 
-/// A finished send: the id to answer, and how it went.
+/// A finished request: the id to answer, and how it went.
 pub struct Done {
-    /// The request id of the `send` frame.
+    /// The request id of the frame.
     pub id: Option<RequestId>,
     /// Its outcome.
-    pub result: Result<(), SendError>,
+    pub outcome: Outcome,
 }
 
-/// A send not yet finished.
+/// How a request went, by kind.
+pub enum Outcome {
+    /// A `send` to another node.
+    Sent(Result<(), SendError>),
+    /// A publish into a retained room (it cannot fail once queued: without the history it
+    /// was delivered locally, without an offset).
+    Published(PublishReceipt),
+    /// A join in a retained room.
+    Joined(Result<JoinReceipt, RouterError>),
+}
+
+/// A request not yet finished.
 pub type Pending = Pin<Box<dyn Future<Output = Done> + Send>>;
 
 /// The sends of one connection, oldest first, each with the payload bytes it holds.
@@ -53,11 +67,17 @@ impl SendQueue {
         self.running.is_none() && self.waiting.is_empty()
     }
 
-    /// Queues a send of `size` payload bytes behind the others; `Err` gives it back when
-    /// [`MAX_WAITING`] sends or the byte bound are reached.
-    pub fn push(&mut self, send: Pending, size: usize) -> Result<(), Pending> {
+    /// Whether a request of `size` payload bytes would be taken now: asked before starting
+    /// one whose effect begins at once (a retained publish is queued for Redis when made).
+    pub fn fits(&self, size: usize) -> bool {
         let count = self.waiting.len() + usize::from(self.running.is_some());
-        if count >= MAX_WAITING || (count > 0 && self.bytes + size > self.max_bytes) {
+        count < MAX_WAITING && (count == 0 || self.bytes + size <= self.max_bytes)
+    }
+
+    /// Queues a request of `size` payload bytes behind the others; `Err` gives it back when
+    /// [`MAX_WAITING`] requests or the byte bound are reached.
+    pub fn push(&mut self, send: Pending, size: usize) -> Result<(), Pending> {
+        if !self.fits(size) {
             return Err(send);
         }
         self.bytes += size;
@@ -92,7 +112,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(after_ms)).await;
             Done {
                 id: Some(RequestId::Int(id)),
-                result: Ok(()),
+                outcome: Outcome::Sent(Ok(())),
             }
         })
     }
