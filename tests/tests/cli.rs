@@ -84,6 +84,7 @@ fn invalid_config_exits_non_zero_naming_the_key() {
             "history.size",
         ),
         ("[[history]]\nrooms = []\n", "history.rooms"),
+        ("[[presence]]\nrooms = []\nevents = true\n", "presence.rooms"),
         ("[[history]]\nrooms = [\"a\"]\nttl = \"0s\"\n", "history.ttl"),
     ] {
         let p = write(&dir, body);

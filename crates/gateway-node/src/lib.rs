@@ -114,13 +114,7 @@ pub fn preflight(config: &Config) -> anyhow::Result<Preflight> {
 
 /// Refuses configuration this version cannot honour yet, rather than ignoring it silently.
 fn check_supported(config: &Config) -> anyhow::Result<()> {
-    let unsupported = [
-        (
-            config.presence.iter().any(|p| p.events),
-            "[[presence]] events",
-        ),
-        (!config.server.write_delay.is_zero(), "server.write_delay"),
-    ];
+    let unsupported = [(!config.server.write_delay.is_zero(), "server.write_delay")];
     for (used, what) in unsupported {
         if used {
             bail!("{what} is not supported by this version of gateway-node yet");
@@ -226,6 +220,12 @@ pub async fn run(
             framer: ws::outbound::frame,
             deliveries: deliveries.clone(),
             history: retention_policy(&config),
+            presence_events: config
+                .presence
+                .iter()
+                .filter(|p| p.events)
+                .flat_map(|p| p.rooms.iter().map(RoomPattern::new))
+                .collect(),
         },
     );
     let metrics = Metrics::new(router.clone(), deliveries);

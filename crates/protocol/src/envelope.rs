@@ -6,6 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::close::CloseCode;
+use crate::frame::PresenceEvent;
 use crate::id::{ConnectionId, NodeId};
 use crate::payload::{Payload, PayloadError};
 use crate::room::RoomName;
@@ -38,6 +39,16 @@ pub enum EnvelopeBody {
         offset: Option<u64>,
         /// Epoch in a retained room.
         epoch: Option<String>,
+    },
+    /// A member joined or left a room with presence events: for the room's members on the
+    /// receiving node. It travels on the room's channel, so it reaches the nodes with members.
+    Presence {
+        /// The room.
+        room: RoomName,
+        /// Join or leave.
+        event: PresenceEvent,
+        /// Who.
+        connection: ConnectionId,
     },
     /// A message for one connection living on the receiving node.
     Direct {
@@ -160,6 +171,9 @@ struct Wire {
     code: Option<u16>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     tp: Option<String>,
+    /// Presence event: 0 join, 1 leave.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ev: Option<u8>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     qid: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -182,6 +196,7 @@ const KIND_DIRECT: u8 = 1;
 const KIND_DISCONNECT: u8 = 2;
 const KIND_QUERY: u8 = 3;
 const KIND_REPLY: u8 = 4;
+const KIND_PRESENCE: u8 = 5;
 
 fn split(p: &Payload) -> (u8, Vec<u8>) {
     match p {
@@ -206,6 +221,7 @@ impl Envelope {
             ep: None,
             code: None,
             tp: self.traceparent.clone(),
+            ev: None,
             qid: None,
             q: None,
             r: None,
@@ -226,6 +242,19 @@ impl Envelope {
                 (w.pe, w.data) = split(data);
                 w.off = *offset;
                 w.ep = epoch.clone();
+            }
+            EnvelopeBody::Presence {
+                room,
+                event,
+                connection,
+            } => {
+                w.k = KIND_PRESENCE;
+                w.room = Some(room.as_str().to_owned());
+                w.from = Some(connection.as_str().to_owned());
+                w.ev = Some(match event {
+                    PresenceEvent::Join => 0,
+                    PresenceEvent::Leave => 1,
+                });
             }
             EnvelopeBody::Direct { to, from, data } => {
                 w.k = KIND_DIRECT;
@@ -256,6 +285,14 @@ impl Envelope {
         }
         // Serializing this plain struct into a Vec cannot fail.
         rmp_serde::to_vec_named(&w).unwrap_or_default()
+    }
+
+    /// The room whose channel carries this envelope (room messages and presence events).
+    pub fn room(&self) -> Option<&RoomName> {
+        match &self.body {
+            EnvelopeBody::Room { room, .. } | EnvelopeBody::Presence { room, .. } => Some(room),
+            _ => None,
+        }
     }
 
     /// Decodes a message as the bus carries it: an envelope, or a retained room's envelope
@@ -321,6 +358,16 @@ impl Envelope {
                 data: payload(w.pe, w.data)?,
                 offset: w.off,
                 epoch: w.ep,
+            },
+            KIND_PRESENCE => EnvelopeBody::Presence {
+                room: RoomName::parse(&w.room.ok_or_else(|| missing("room"))?)
+                    .map_err(|e| EnvelopeError::Invalid(e.to_string()))?,
+                event: match w.ev.ok_or_else(|| missing("ev"))? {
+                    0 => PresenceEvent::Join,
+                    1 => PresenceEvent::Leave,
+                    other => return Err(EnvelopeError::Invalid(format!("presence event {other}"))),
+                },
+                connection: ConnectionId::from_string(w.from.ok_or_else(|| missing("from"))?),
             },
             KIND_DIRECT => EnvelopeBody::Direct {
                 to: ConnectionId::from_string(w.to.ok_or_else(|| missing("to"))?),

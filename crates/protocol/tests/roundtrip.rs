@@ -517,3 +517,20 @@ fn a_position_without_a_room_envelope_or_a_number_is_refused() {
     assert!(Envelope::decode_positioned(&bad).is_err());
     assert!(Envelope::decode_positioned(b"#12").is_err());
 }
+
+#[test]
+fn presence_events_round_trip() {
+    for event in [PresenceEvent::Join, PresenceEvent::Leave] {
+        let e = Envelope {
+            origin: NodeId::new("a"),
+            body: EnvelopeBody::Presence {
+                room: RoomName::parse("chat:1").unwrap(),
+                event,
+                connection: ConnectionId::from_string("c1".to_owned()),
+            },
+            traceparent: None,
+        };
+        assert_eq!(Envelope::decode(&e.encode()).unwrap(), e);
+        assert_eq!(e.room().map(|r| r.as_str()), Some("chat:1"));
+    }
+}

@@ -499,6 +499,11 @@ impl Rooms {
         self.map.contains_key(room)
     }
 
+    /// The rooms with at least one local member.
+    pub fn names(&self) -> Vec<RoomName> {
+        self.map.iter().map(|e| e.key().clone()).collect()
+    }
+
     /// Rooms with at least one local member.
     pub fn len(&self) -> usize {
         self.map.len()

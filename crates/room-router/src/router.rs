@@ -5,6 +5,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
+use protocol::frame::PresenceEvent;
+use protocol::room::RoomPattern;
 use protocol::{
     CloseCode, ConnectionId, Envelope, EnvelopeBody, NodeId, Payload, RoomName, ServerFrame,
 };
@@ -30,6 +32,9 @@ pub struct RouterOptions {
     pub deliveries: Arc<dyn Deliveries>,
     /// Which rooms keep history (`[[history]]`).
     pub history: RetentionPolicy,
+    /// Rooms whose joins and leaves are announced to their other members (`[[presence]]`
+    /// with `events = true`).
+    pub presence_events: Vec<RoomPattern>,
 }
 
 /// What a publish returns to its caller.
@@ -91,6 +96,30 @@ impl LocalNode {
                 .fetch_add(out.slow_consumers as u64, Ordering::Relaxed);
         }
         out.queued
+    }
+
+    /// A presence event for the room's local members but the one it is about.
+    fn announce_locally(
+        &self,
+        room: &RoomName,
+        event: PresenceEvent,
+        connection: ConnectionId,
+        since: Instant,
+    ) {
+        let frame = ServerFrame::Presence {
+            room: room.clone(),
+            event,
+            connection_id: connection,
+        };
+        let ServerFrame::Presence { connection_id, .. } = &frame else {
+            unreachable!("built as a presence event above")
+        };
+        self.fanout(
+            room,
+            &mut Encodings::new(&frame, self.framer),
+            Some(connection_id),
+            since,
+        );
     }
 
     /// [`LocalNode::fanout`] for a retained room's message, in turn with recoveries.
@@ -195,6 +224,11 @@ impl BusSink for LocalNode {
                     }
                 }
             }
+            EnvelopeBody::Presence {
+                room,
+                event,
+                connection,
+            } => self.announce_locally(&room, event, connection, since),
             EnvelopeBody::Direct { to, from, data } => {
                 // A proxied session takes no wsgate frames: a send from another node to one
                 // is dropped here (the sender could not tell it from a room connection).
@@ -236,6 +270,10 @@ impl BusSink for LocalNode {
         }
     }
 
+    fn local_rooms(&self) -> Vec<RoomName> {
+        self.rooms.names()
+    }
+
     fn local_connections(&self) -> Vec<ConnectionId> {
         self.registry
             .snapshot()
@@ -260,6 +298,10 @@ impl Recovery<'_> {
         result: Result<JoinReceipt, RouterError>,
     ) -> Result<JoinReceipt, RouterError> {
         self.done = result.is_ok();
+        if self.done {
+            self.router
+                .announce(self.room, &self.conn.id, PresenceEvent::Join);
+        }
         result
     }
 }
@@ -271,7 +313,7 @@ impl Drop for Recovery<'_> {
                 .local
                 .rooms
                 .cancel_recovery(self.room, self.conn);
-            self.router.leave(self.conn, self.room);
+            self.router.leave_quietly(self.conn, self.room);
         }
     }
 }
@@ -344,6 +386,8 @@ impl Router {
             if self.local.rooms.leave(&room, conn) {
                 self.bus.interest_changed(&room);
             }
+            self.bus.membership_changed(&room, &conn.id, false);
+            self.announce(&room, &conn.id, PresenceEvent::Leave);
         }
         self.local.registry.remove(&conn.id);
         self.bus.connection_closed(&conn.id);
@@ -378,6 +422,8 @@ impl Router {
                 if self.local.rooms.join(room, conn) {
                     self.bus.interest_changed(room);
                 }
+                self.bus.membership_changed(room, &conn.id, true);
+                self.announce(room, &conn.id, PresenceEvent::Join);
                 Ok(())
             }
         }
@@ -385,13 +431,43 @@ impl Router {
 
     /// Removes the connection from a room; false when it was not a member.
     pub fn leave(&self, conn: &ConnHandle, room: &RoomName) -> bool {
+        if !self.leave_quietly(conn, room) {
+            return false;
+        }
+        self.announce(room, &conn.id, PresenceEvent::Leave);
+        true
+    }
+
+    /// [`Router::leave`] without a presence event (a join undone before it was announced).
+    fn leave_quietly(&self, conn: &ConnHandle, room: &RoomName) -> bool {
         if !conn.remove_room(room) {
             return false;
         }
         if self.local.rooms.leave(room, conn) {
             self.bus.interest_changed(room);
         }
+        self.bus.membership_changed(room, &conn.id, false);
         true
+    }
+
+    /// Tells the room's other members, on every node, that `conn` joined or left, when the
+    /// room has presence events: once per event, cluster-wide (the node where it happened
+    /// delivers locally and publishes it once for the others).
+    fn announce(&self, room: &RoomName, conn: &ConnectionId, event: PresenceEvent) {
+        if !protocol::room::any_matches(&self.options.presence_events, room.as_str()) {
+            return;
+        }
+        self.local
+            .announce_locally(room, event, conn.clone(), Instant::now());
+        let _ = self.bus.publish(Envelope {
+            origin: self.local.node.clone(),
+            body: EnvelopeBody::Presence {
+                room: room.clone(),
+                event,
+                connection: conn.clone(),
+            },
+            traceparent: None,
+        });
     }
 
     /// Delivers `data` to every member of `room` on every node: local members at once, other
@@ -564,6 +640,7 @@ impl Router {
         if self.local.rooms.join_recovering(room, conn) {
             self.bus.interest_changed(room);
         }
+        self.bus.membership_changed(room, &conn.id, true);
         let recovery = Recovery {
             router: self,
             conn,

@@ -32,6 +32,7 @@ fn options() -> RouterOptions {
         framer: room_router::unframed,
         deliveries: Arc::new(()),
         history: RetentionPolicy::new(vec![(vec![RoomPattern::new("kept:*")], KEEP)]),
+        presence_events: Vec::new(),
     }
 }
 

@@ -110,6 +110,7 @@ fn options() -> RouterOptions {
         framer: room_router::unframed,
         deliveries: Arc::new(()),
         history: Default::default(),
+        presence_events: Vec::new(),
     }
 }
 

@@ -240,6 +240,12 @@ impl Config {
                 return Err(invalid("history.ttl", "must be at least 1ms"));
             }
         }
+        if self.presence.iter().any(|p| p.rooms.is_empty()) {
+            return Err(invalid(
+                "presence.rooms",
+                "must list at least one room pattern",
+            ));
+        }
         if let Some(auth) = &self.auth {
             validate_auth(auth)?;
             if !auth.cookie.is_empty()

@@ -818,6 +818,7 @@ mod tests {
                 framer: outbound::frame,
                 deliveries: Arc::new(()),
                 history: Default::default(),
+                presence_events: Vec::new(),
             },
         );
         let metrics =

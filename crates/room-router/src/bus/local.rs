@@ -118,7 +118,7 @@ impl Bus for LocalBus {
     }
 
     fn publish(&self, envelope: Envelope) -> Result<(), BusError> {
-        let protocol::EnvelopeBody::Room { room, .. } = &envelope.body else {
+        let Some(room) = envelope.room() else {
             return Ok(());
         };
         // Collect the targets first: delivering under the interest lock would block joins.

@@ -56,6 +56,8 @@ pub trait BusSink: Send + Sync {
     fn node_view(&self) -> NodeView;
     /// Every local connection id and room, for re-registration after a reconnect.
     fn local_connections(&self) -> Vec<ConnectionId>;
+    /// Every room with local members, for rewriting presence after a reconnect.
+    fn local_rooms(&self) -> Vec<RoomName>;
 }
 
 /// The transport between nodes.
@@ -122,6 +124,12 @@ pub trait Bus: Send + Sync + 'static {
         &'a self,
         id: &'a ConnectionId,
     ) -> BoxFuture<'a, Result<Option<ConnectionView>, BusError>>;
+
+    /// A local connection joined (`true`) or left a room: presence that other nodes read.
+    /// Never waits on the network (implementations batch the writes).
+    fn membership_changed(&self, room: &RoomName, conn: &ConnectionId, joined: bool) {
+        let _ = (room, conn, joined);
+    }
 
     /// Members of a room on other nodes.
     fn remote_room<'a>(

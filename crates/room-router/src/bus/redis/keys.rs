@@ -19,6 +19,9 @@ impl Keys {
     pub(super) fn history_meta(&self, room: &str) -> String {
         format!("{}:hmeta:{{{}}}", self.prefix, room)
     }
+    pub(super) fn presence(&self, room: &str, node: &str) -> String {
+        format!("{}:pres:{{{}}}:{}", self.prefix, room, node)
+    }
     pub(super) fn conn(&self, id: &str) -> String {
         format!("{}:conn:{}", self.prefix, id)
     }

@@ -11,6 +11,10 @@
 //!   Redis's clock, never a comparison of node clocks; a dead node leaves nothing.
 //! - **Affinity**: `{cluster}:conn:<id>` → node, with a TTL, written before the welcome,
 //!   refreshed in pipelined batches, deleted on close.
+//! - **Presence**: a set of member ids per room and node, written in batches, read for
+//!   `GET /rooms/{room}` from live nodes only (`presence`).
+//! - **History**: a stream and a position per retained room, written by one script that also
+//!   publishes (`history`).
 //! - **Redis down**: local delivery goes on; publishes to other nodes are dropped and counted
 //!   (at most once); the client reconnects with backoff and jitter, resubscribes every room, and
 //!   re-registers every local connection, paced.
@@ -21,8 +25,10 @@
 //! - `publisher`: the bounded publish queue and its pipelining task.
 //! - `subscriptions`: room subscriptions following the room table.
 //! - `affinity`: connection records, written, refreshed, deleted, re-registered.
+//! - `presence`: room member sets, written, refreshed, rewritten after a reconnect.
+//! - `history`: the retained rooms' scripts and history reads.
 //! - `registry`: node heartbeats and liveness.
-//! - `queries`: asking other nodes, and the bound on answering them.
+//! - `queries`: asking other nodes (connection views), and the bound on answering them.
 //! - `reader`: incoming envelopes; room deliveries handed to one fan-out worker per CPU by
 //!   room, so rooms do not queue behind each other.
 //!
@@ -77,6 +83,7 @@ pub struct RedisOptions {
 mod affinity;
 mod history;
 mod keys;
+mod presence;
 mod publisher;
 mod queries;
 mod reader;
@@ -117,6 +124,7 @@ struct Inner {
     publisher: Publisher,
     subscriptions: Subscriptions,
     affinity: Affinity,
+    presence: presence::Presence,
     queries: Queries,
     /// Room envelopes from other nodes, by room, to the workers that fan them out.
     fanout_workers: Vec<mpsc::Sender<(Envelope, usize)>>,
@@ -230,6 +238,7 @@ impl RedisBus {
             publisher,
             subscriptions: Subscriptions::default(),
             affinity: Affinity::default(),
+            presence: Default::default(),
             queries: Queries::default(),
             fanout_workers,
             fanout_queued_bytes: AtomicUsize::new(0),
@@ -267,6 +276,8 @@ impl RedisBus {
         let i = inner.clone();
         inner.tasks.spawn(async move { i.run_affinity().await });
         let i = inner.clone();
+        inner.tasks.spawn(async move { i.run_presence().await });
+        let i = inner.clone();
         inner.tasks.spawn(async move { i.run_heartbeat().await });
         // After a reconnect every local record must be written again at once: Redis may have
         // come back empty.
@@ -297,6 +308,7 @@ impl RedisBus {
             let i = i.clone();
             async move {
                 i.affinity.refresh_all();
+                i.presence.resync();
                 Ok(())
             }
         }));
@@ -385,7 +397,7 @@ impl Bus for RedisBus {
     }
 
     fn publish(&self, envelope: Envelope) -> Result<(), BusError> {
-        let EnvelopeBody::Room { room, .. } = &envelope.body else {
+        let Some(room) = envelope.room() else {
             return Ok(());
         };
         let channel = self.inner.keys.room(room.as_str());
@@ -519,34 +531,11 @@ impl Bus for RedisBus {
         room: &'a RoomName,
         with_ids: bool,
     ) -> BoxFuture<'a, Result<RoomPresence, BusError>> {
-        Box::pin(async move {
-            let nodes = self.inner.live_nodes().await?;
-            let asks = nodes
-                .iter()
-                .filter(|n| n.id != self.inner.opts.node)
-                .map(|n| {
-                    self.inner.query(
-                        &n.id,
-                        Query::Room {
-                            room: room.to_string(),
-                            ids: with_ids,
-                        },
-                    )
-                });
-            let mut presence = RoomPresence::default();
-            for reply in futures_util::future::join_all(asks).await {
-                if let Ok(Some(Reply::Room { count, ids })) = reply {
-                    // Another node's number: added without trusting it not to overflow.
-                    presence.count = presence
-                        .count
-                        .saturating_add(usize::try_from(count).unwrap_or(usize::MAX));
-                    presence
-                        .ids
-                        .extend(ids.into_iter().map(ConnectionId::from_string));
-                }
-            }
-            Ok(presence)
-        })
+        Box::pin(self.inner.read_presence(room, with_ids))
+    }
+
+    fn membership_changed(&self, room: &RoomName, conn: &ConnectionId, joined: bool) {
+        self.inner.presence.changed(room, conn, joined);
     }
 
     fn remote_nodes(&self) -> BoxFuture<'_, Result<Vec<NodeView>, BusError>> {
@@ -591,6 +580,16 @@ impl Bus for RedisBus {
                 let _ = pipeline.all::<Vec<Value>>().await;
             }
             let node = inner.opts.node.as_str();
+            // This node's member sets: readers skip a node that left, but the sets need not
+            // wait out their TTL.
+            if let Some(sink) = inner.sink() {
+                let pipeline = inner.client.pipeline();
+                for room in sink.local_rooms() {
+                    let _: Result<(), _> =
+                        pipeline.del(inner.keys.presence(room.as_str(), node)).await;
+                }
+                let _ = pipeline.all::<Vec<Value>>().await;
+            }
             let _: Result<i64, _> = inner.client.zrem(inner.keys.nodes(), node).await;
             let _: Result<i64, _> = inner.client.del(inner.keys.nodeinfo(node)).await;
             let _ = inner.subscriber.quit().await;

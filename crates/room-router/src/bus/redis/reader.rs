@@ -73,7 +73,9 @@ impl Inner {
     fn dispatch(self: &Arc<Self>, envelope: Envelope, size: usize) {
         let Some(sink) = self.sink() else { return };
         match envelope.body {
-            EnvelopeBody::Room { offset: None, .. } if envelope.origin == self.opts.node => {
+            EnvelopeBody::Room { offset: None, .. } | EnvelopeBody::Presence { .. }
+                if envelope.origin == self.opts.node =>
+            {
                 // Our own publish: local members already have it. A retained room's (with
                 // an offset) comes back here like everyone's, in offset order.
             }
@@ -126,7 +128,7 @@ impl Inner {
             EnvelopeBody::Reply { id, reply } => {
                 self.queries.answer(id, reply);
             }
-            EnvelopeBody::Room { ref room, .. } => {
+            EnvelopeBody::Room { ref room, .. } | EnvelopeBody::Presence { ref room, .. } => {
                 // Fanned out by the room's worker: a 20,000-member room does not hold up
                 // other rooms' deliveries, and one room's messages stay in order.
                 let worker = &self.fanout_workers[worker_for(room, self.fanout_workers.len())];
