@@ -2,7 +2,8 @@
 # Reproduces loadtest/RESULTS.md: nodes pinned to CPU 0, the harness (and Redis) pinned to
 # CPU 1, fresh nodes per scenario.
 #
-#   loadtest/bench.sh [idle|floor|broadcast|cluster|stall|tls|proxy|all]   (default: all)
+#   loadtest/bench.sh [idle|floor|broadcast|cluster|stall|tls|proxy|history|resume|all]
+#   (default: all)
 #
 # idle       18,000 idle connections on one embedded node
 # floor      the same fan-out as broadcast as bare loopback TCP sends: the machine's floor
@@ -18,6 +19,12 @@
 #            harness): straight, through wsgate's [[proxy]] and through nginx (Debian's package,
 #            installed when missing; one worker), both proxies on CPU 0, alternating twice:
 #            added latency and proxy CPU per relayed message
+# history    cluster's load into a plain room and into a retained one ([[history]]),
+#            alternating twice: node CPU per delivery and Redis commands per publish
+# resume     two nodes through one redis-server; 5,000 members of a retained room on the
+#            first, 50 publishes/s on the second for 15 s; at 5 s the first node is drained
+#            at once (drain_delay = drain_period = 0): its members reconnect to the second
+#            and rejoin with since. Gaps, duplicates, time until all are back
 #
 # ROUNDS=n sets the proxy scenario's rounds (default 2), RATE=n its messages/s per client
 # (default 50; at 10 no CPU is saturated, which is where added latency can be read).
@@ -28,8 +35,8 @@ cd "$(dirname "$0")/.."
 
 scenario="${1:-all}"
 case "$scenario" in
-  idle | floor | broadcast | cluster | stall | tls | proxy | all) ;;
-  *) echo "usage: $0 [idle|floor|broadcast|cluster|stall|tls|proxy|all]" >&2; exit 2 ;;
+  idle | floor | broadcast | cluster | stall | tls | proxy | history | resume | all) ;;
+  *) echo "usage: $0 [idle|floor|broadcast|cluster|stall|tls|proxy|history|resume|all]" >&2; exit 2 ;;
 esac
 out="${OUT:-loadtest/results}"
 mkdir -p "$out"
@@ -116,7 +123,9 @@ run_floor() {
     --sender-cpu 0 --receiver-cpu 1 --out "$out/floor.json"
 }
 
-run_cluster() {
+# Starts redis-server on CPU 1 and two nodes through it on CPU 0 (extra arguments go to both
+# nodes); sets redis, first_port, first_pid, second_port, second_pid.
+start_pair() {
   command -v redis-server >/dev/null || { echo "bench.sh: cluster needs redis-server" >&2; exit 1; }
   stop_extra
   redis_port=$((redis_port + 1))
@@ -127,19 +136,53 @@ run_cluster() {
     redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break
     sleep 0.1
   done
-  local redis="redis://127.0.0.1:$redis_port"
-  start_node --redis-url "$redis"
-  local first_port=$port first_pid=$node_pid
+  redis="redis://127.0.0.1:$redis_port"
+  start_node --redis-url "$redis" "$@"
+  first_port=$port
+  first_pid=$node_pid
   port=$((port + 1))
   admin=$((admin + 1))
   WSGATE_LIMITS__MAX_CONNECTIONS=0 taskset -c 0 "$node_bin" --listen "127.0.0.1:$port" \
-    --admin-listen "127.0.0.1:$admin" --redis-url "$redis" 2>"$out/node2.log" &
-  extra_pids+=($!)
-  wait_ready "$!" "$admin" "$out/node2.log"
+    --admin-listen "127.0.0.1:$admin" --redis-url "$redis" "$@" 2>"$out/node2.log" &
+  second_pid=$!
+  second_port=$port
+  extra_pids+=("$second_pid")
+  wait_ready "$second_pid" "$admin" "$out/node2.log"
+}
+
+run_cluster() {
+  start_pair
   taskset -c 1 "$harness" broadcast --url "ws://127.0.0.1:$first_port/ws" \
-    --url "ws://127.0.0.1:$port/ws" --node-pid "$first_pid" --node-pid "$!" \
+    --url "ws://127.0.0.1:$second_port/ws" --node-pid "$first_pid" --node-pid "$second_pid" \
     --members 2000 --rate 50 --duration 20s --size 100 --redis-url "$redis" \
     --out "$out/cluster.json"
+  stop_node
+  stop_extra
+}
+
+run_history() {
+  printf '[[history]]\nrooms = ["kept:*"]\nsize = 100\nttl = "10m"\n' >"$out/history.toml"
+  for round in 1 2; do
+    for room in bench kept:bench; do
+      start_pair --config "$out/history.toml"
+      taskset -c 1 "$harness" broadcast --url "ws://127.0.0.1:$first_port/ws" \
+        --url "ws://127.0.0.1:$second_port/ws" --node-pid "$first_pid" \
+        --node-pid "$second_pid" --members 2000 --rate 50 --duration 20s --size 100 \
+        --room "$room" --redis-url "$redis" --out "$out/history-${room%%:*}-$round.json"
+      stop_node
+      stop_extra
+    done
+  done
+}
+
+run_resume() {
+  printf '[server]\ndrain_delay = "0s"\ndrain_period = "0s"\n[[history]]\nrooms = ["chat:*"]\nsize = 1000\nttl = "10m"\n' \
+    >"$out/resume.toml"
+  start_pair --config "$out/resume.toml"
+  taskset -c 1 "$harness" resume --url "ws://127.0.0.1:$first_port/ws" \
+    --url "ws://127.0.0.1:$second_port/ws" --node-pid "$second_pid" --members 5000 \
+    --rate 50 --duration 15s --drop-at 5s --drain-pid "$first_pid" --redis-url "$redis" \
+    --out "$out/resume.json"
   stop_node
   stop_extra
 }
@@ -248,6 +291,8 @@ run_proxy() {
 }
 
 case "$scenario" in
+  history) run_history ;;
+  resume) run_resume ;;
   proxy) run_proxy ;;
   tls) run_tls ;;
   stall) run_stall ;;
@@ -255,5 +300,5 @@ case "$scenario" in
   floor) run_floor ;;
   broadcast) run_broadcast ;;
   cluster) run_cluster ;;
-  all) run_idle; run_floor; run_broadcast; run_cluster; run_stall; run_tls; run_proxy ;;
+  all) run_idle; run_floor; run_broadcast; run_cluster; run_stall; run_tls; run_proxy; run_history; run_resume ;;
 esac

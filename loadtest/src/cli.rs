@@ -37,6 +37,9 @@ pub enum Command {
     Idle(IdleArgs),
     /// Members in one room and publishers at a fixed rate: throughput, loss, latency, CPU.
     Broadcast(BroadcastArgs),
+    /// Members of a retained room lose their connections under load (a drained node, or a
+    /// drop) and rejoin with `since`: gaps, duplicates, time until all are back.
+    Resume(ResumeArgs),
     /// The kernel's own cost of the same fan-out with no gateway: the floor that `broadcast`
     /// figures are read against (run both in one session; the machine's speed varies).
     Floor(FloorArgs),
@@ -155,6 +158,54 @@ impl BroadcastArgs {
     /// Publisher connections: `--publishers`, or one per 50 publishes per second.
     pub fn publishers(&self) -> u32 {
         self.publishers.unwrap_or(self.rate.div_ceil(50)).max(1)
+    }
+}
+
+/// `resume`.
+#[derive(Debug, Clone, Args)]
+pub struct ResumeArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Members of the room.
+    #[arg(long, default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub members: u64,
+    /// Publishes per second.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate: u32,
+    /// Publishing time.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "20s")]
+    pub duration: Duration,
+    /// When, from the start of publishing, the members lose their connections.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
+    pub drop_at: Duration,
+    /// Drain this node (SIGTERM) at `--drop-at` instead of dropping every member's
+    /// connection: it must be the first `--url`, where every member then starts; they
+    /// reconnect to the other `--url`s.
+    #[arg(long)]
+    pub drain_pid: Option<u32>,
+    /// Approximate size of each message's `data`, in bytes.
+    #[arg(long, default_value_t = 100)]
+    pub size: usize,
+    /// The room (it must be retained: `[[history]]` on the nodes).
+    #[arg(long, default_value = "chat:resume")]
+    pub room: String,
+    /// Publisher's node URL (default: the last --url, which a drain of the first spares).
+    #[arg(long)]
+    pub publisher_url: Option<String>,
+    /// Wait after the last publish for stragglers.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
+    pub grace: Duration,
+    /// Redis to read `INFO commandstats` from before and after (commands per publish).
+    #[arg(long)]
+    pub redis_url: Option<String>,
+}
+
+impl ResumeArgs {
+    /// `--timeout`, or duration plus grace plus [`TIMEOUT_MARGIN`].
+    pub fn timeout(&self) -> Duration {
+        self.common
+            .timeout
+            .unwrap_or(self.duration + self.grace + TIMEOUT_MARGIN)
     }
 }
 

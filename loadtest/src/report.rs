@@ -62,6 +62,8 @@ pub struct Done {
     pub latency_us: Histogram<u64>,
     /// Workers that gave no final report (their counts are missing).
     pub workers_missing: usize,
+    /// What `resume` members counted, all workers together.
+    pub resume: Option<crate::resumer::Counts>,
 }
 
 /// A progress bar on stderr, hidden when stderr is not a terminal.
@@ -105,6 +107,18 @@ pub async fn start(
     room: Option<&str>,
     deadline: Instant,
 ) -> anyhow::Result<(Workers, Ready)> {
+    start_members(common, total, room, deadline, (false, false)).await
+}
+
+/// [`start`], with `resume` members when asked (see [`crate::resumer`]), all starting on
+/// the first URL when `start_first`.
+pub async fn start_members(
+    common: &Common,
+    total: usize,
+    room: Option<&str>,
+    deadline: Instant,
+    (resume, start_first): (bool, bool),
+) -> anyhow::Result<(Workers, Ready)> {
     let plan = shares(total, worker_count(common, total));
     let exe = std::env::current_exe().context("finding the harness executable")?;
     let remaining = deadline.saturating_duration_since(Instant::now());
@@ -121,6 +135,8 @@ pub async fn start(
             room: room.map(str::to_owned),
             connect_ms: remaining.as_millis() as u64,
             hard_ms: (remaining + COLLECT_TIMEOUT * 2).as_millis() as u64,
+            resume,
+            start_first,
         };
         let mut child = tokio::process::Command::new(&exe)
             .arg("worker")
@@ -213,9 +229,25 @@ pub async fn start(
     Ok((workers, ready))
 }
 
+impl Workers {
+    /// Sends every worker a line (`drop`: resume members rejoin).
+    pub async fn tell(&mut self, line: &str) {
+        for (_, stdin) in &mut self.children {
+            // A worker that already died cannot be told; it is counted missing at the end.
+            let _ = stdin.write_all(format!("{line}\n").as_bytes()).await;
+            let _ = stdin.flush().await;
+        }
+    }
+}
+
 /// Tells every worker to stop and collects its final counts; workers that do not answer
 /// within [`COLLECT_TIMEOUT`] are counted in `workers_missing` and killed.
-pub async fn stop(mut workers: Workers) -> Done {
+pub async fn stop(workers: Workers) -> Done {
+    stop_with(workers, "stop").await
+}
+
+/// [`stop`] with the stop line to send (`stop N`: resume members' final offset).
+pub async fn stop_with(mut workers: Workers, line: &str) -> Done {
     let mut done = Done {
         received: 0,
         duplicates: 0,
@@ -223,12 +255,9 @@ pub async fn stop(mut workers: Workers) -> Done {
         first_disconnect: None,
         latency_us: histogram(),
         workers_missing: 0,
+        resume: None,
     };
-    for (_, stdin) in &mut workers.children {
-        // A worker that already died cannot be told; it is counted missing below.
-        let _ = stdin.write_all(b"stop\n").await;
-        let _ = stdin.flush().await;
-    }
+    workers.tell(line).await;
     let mut pending = vec![true; workers.children.len()];
     let mut reported = 0;
     let wait_until = Instant::now() + COLLECT_TIMEOUT;
@@ -246,10 +275,14 @@ pub async fn stop(mut workers: Workers) -> Done {
                     disconnected,
                     first_disconnect,
                     latency_us,
+                    resume,
                 },
             ) if pending[i] => {
                 pending[i] = false;
                 reported += 1;
+                if let Some(r) = resume {
+                    crate::resumer::merge(done.resume.get_or_insert_with(Default::default), r);
+                }
                 done.received += received;
                 done.duplicates += duplicates;
                 done.disconnected += disconnected;

@@ -41,6 +41,14 @@ pub struct Job {
     pub connect_ms: u64,
     /// Milliseconds from start after which the worker stops even without `stop`.
     pub hard_ms: u64,
+    /// `resume` members: rejoin with `since` whenever the connection is lost or the parent
+    /// says `drop`, counting gaps and duplicates by offset.
+    #[serde(default)]
+    pub resume: bool,
+    /// `resume` members all start on the first URL (a node about to be drained) and move on
+    /// to the others; otherwise connection `i` starts on `urls[i % len]`.
+    #[serde(default)]
+    pub start_first: bool,
 }
 
 /// A line a worker prints.
@@ -77,6 +85,9 @@ pub enum Report {
         first_disconnect: Option<String>,
         /// Publish-to-delivery latency (µs) as [value, count] pairs.
         latency_us: Vec<(u64, u64)>,
+        /// What `resume` members counted.
+        #[serde(default)]
+        resume: Option<crate::resumer::Counts>,
     },
 }
 
@@ -170,7 +181,7 @@ impl Seen {
 }
 
 /// Counters every connection task of the worker updates.
-struct Shared {
+pub struct Shared {
     connected: AtomicUsize,
     failed: AtomicUsize,
     connect_us: Mutex<Histogram<u64>>,
@@ -195,9 +206,22 @@ impl Shared {
         }
     }
 
-    fn fail(&self, n: usize, why: String) {
+    /// `n` connections failed to open, the first because of `why`.
+    pub fn fail(&self, n: usize, why: String) {
         self.failed.fetch_add(n, Ordering::Relaxed);
         lock(&self.first_error).get_or_insert(why);
+    }
+
+    /// A connection opened (and joined) in `took`.
+    pub fn connected(&self, took: Duration) {
+        lock(&self.connect_us).saturating_record(took.as_micros() as u64);
+        self.connected.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A message arrived `latency_us` after it was published.
+    pub fn delivered(&self, latency_us: u64) {
+        self.received.fetch_add(1, Ordering::Relaxed);
+        lock(&self.latency_us).saturating_record(latency_us.max(1));
     }
 }
 
@@ -239,6 +263,9 @@ async fn run(job: Job, mut lines: Lines<BufReader<Stdin>>) -> anyhow::Result<()>
         latency_us: Mutex::new(histogram()),
     });
     let (stop_tx, stop_rx) = watch::channel(false);
+    let (drop_tx, drop_rx) = watch::channel(0u64);
+    let resume = Arc::new(crate::resumer::Shared::default());
+    let targets = Arc::new(targets);
     let gate = Arc::new(Semaphore::new(job.concurrency.max(1)));
     let mut tasks = tokio::task::JoinSet::new();
     let mut tick = tokio::time::interval(Duration::from_millis(250));
@@ -253,15 +280,28 @@ async fn run(job: Job, mut lines: Lines<BufReader<Stdin>>) -> anyhow::Result<()>
             }
         };
         let index = job.first + started;
-        tasks.spawn(connection(
-            targets[index % targets.len()].clone(),
-            index,
-            job.room.clone(),
-            permit,
-            shared.clone(),
-            stop_rx.clone(),
-            connect_deadline,
-        ));
+        match (&job.room, job.resume) {
+            (Some(room), true) => tasks.spawn(crate::resumer::member(
+                targets.clone(),
+                (index, if job.start_first { 0 } else { index }),
+                room.clone(),
+                permit,
+                shared.clone(),
+                resume.clone(),
+                stop_rx.clone(),
+                drop_rx.clone(),
+                connect_deadline,
+            )),
+            _ => tasks.spawn(connection(
+                targets[index % targets.len()].clone(),
+                index,
+                job.room.clone(),
+                permit,
+                shared.clone(),
+                stop_rx.clone(),
+                connect_deadline,
+            )),
+        };
         started += 1;
     }
     if started < job.count {
@@ -288,11 +328,22 @@ async fn run(job: Job, mut lines: Lines<BufReader<Stdin>>) -> anyhow::Result<()>
         connect_us: pairs(&lock(&shared.connect_us)),
         error: lock(&shared.first_error).clone(),
     });
-    // Hold until the parent says stop (or goes away), or the hard deadline.
+    // Hold until the parent says stop (or goes away), or the hard deadline. `drop` makes
+    // resume members drop their connections and rejoin; `stop N` gives them the last offset.
     let _ = tokio::time::timeout_at(hard_deadline.into(), async {
         while let Ok(Some(line)) = lines.next_line().await {
-            if line.trim() == "stop" {
-                break;
+            let mut words = line.split_whitespace();
+            match words.next() {
+                Some("stop") => {
+                    if let Some(n) = words.next().and_then(|n| n.parse().ok()) {
+                        resume.final_offset.store(n, Ordering::Relaxed);
+                    }
+                    break;
+                }
+                Some("drop") => {
+                    drop_tx.send_modify(|n| *n += 1);
+                }
+                _ => {}
             }
         }
     })
@@ -308,6 +359,7 @@ async fn run(job: Job, mut lines: Lines<BufReader<Stdin>>) -> anyhow::Result<()>
         disconnected: shared.disconnected.load(Ordering::Relaxed),
         first_disconnect: lock(&shared.first_disconnect).clone(),
         latency_us: pairs(&lock(&shared.latency_us)),
+        resume: job.resume.then(|| resume.counts()),
     });
     Ok(())
 }
@@ -361,8 +413,7 @@ async fn connection(
         Ok(Err(e)) => return shared.fail(1, format!("{e:#}")),
         Err(_) => return shared.fail(1, "connect deadline passed".to_owned()),
     };
-    lock(&shared.connect_us).saturating_record(started.elapsed().as_micros() as u64);
-    shared.connected.fetch_add(1, Ordering::Relaxed);
+    shared.connected(started.elapsed());
     let mut seen = Seen::default();
     // One stop future for the whole loop: a new one per message would register and
     // unregister a waiter for every delivery.

@@ -171,6 +171,11 @@ impl Node {
         }
     }
 
+    /// Its process id, for another program to signal it.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The WebSocket URL.
     pub fn ws_url(&self) -> String {
         format!("ws://{}/ws", self.client)
