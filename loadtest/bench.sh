@@ -22,7 +22,7 @@
 # history    cluster's load into a plain room and into a retained one ([[history]]),
 #            alternating twice: node CPU per delivery and Redis commands per publish
 # resume     two nodes through one redis-server; 5,000 members of a retained room on the
-#            first, 50 publishes/s on the second for 15 s; at 5 s the first node is drained
+#            first, 10 publishes/s on the second for 20 s; at 5 s the first node is drained
 #            at once (drain_delay = drain_period = 0): its members reconnect to the second
 #            and rejoin with since. Gaps, duplicates, time until all are back
 #
@@ -181,7 +181,7 @@ run_resume() {
   start_pair --config "$out/resume.toml"
   taskset -c 1 "$harness" resume --url "ws://127.0.0.1:$first_port/ws" \
     --url "ws://127.0.0.1:$second_port/ws" --node-pid "$second_pid" --members 5000 \
-    --rate 50 --duration 15s --drop-at 5s --drain-pid "$first_pid" --redis-url "$redis" \
+    --rate 10 --duration 20s --drop-at 5s --drain-pid "$first_pid" --redis-url "$redis" \
     --out "$out/resume.json"
   stop_node
   stop_extra

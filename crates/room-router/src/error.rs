@@ -69,3 +69,16 @@ pub enum BusError {
     #[error("{0}")]
     Config(String),
 }
+
+/// An error and its causes, `: `-separated, for logs (a [`BusError::Backend`] shows only what
+/// it was doing; its cause is what an operator needs).
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}

@@ -298,10 +298,6 @@ impl Recovery<'_> {
         result: Result<JoinReceipt, RouterError>,
     ) -> Result<JoinReceipt, RouterError> {
         self.done = result.is_ok();
-        if self.done {
-            self.router
-                .announce(self.room, &self.conn.id, PresenceEvent::Join);
-        }
         result
     }
 }
@@ -313,7 +309,7 @@ impl Drop for Recovery<'_> {
                 .local
                 .rooms
                 .cancel_recovery(self.room, self.conn);
-            self.router.leave_quietly(self.conn, self.room);
+            self.router.leave(self.conn, self.room);
         }
     }
 }
@@ -431,15 +427,6 @@ impl Router {
 
     /// Removes the connection from a room; false when it was not a member.
     pub fn leave(&self, conn: &ConnHandle, room: &RoomName) -> bool {
-        if !self.leave_quietly(conn, room) {
-            return false;
-        }
-        self.announce(room, &conn.id, PresenceEvent::Leave);
-        true
-    }
-
-    /// [`Router::leave`] without a presence event (a join undone before it was announced).
-    fn leave_quietly(&self, conn: &ConnHandle, room: &RoomName) -> bool {
         if !conn.remove_room(room) {
             return false;
         }
@@ -447,6 +434,7 @@ impl Router {
             self.bus.interest_changed(room);
         }
         self.bus.membership_changed(room, &conn.id, false);
+        self.announce(room, &conn.id, PresenceEvent::Leave);
         true
     }
 
@@ -573,7 +561,7 @@ impl Router {
                     local_deliveries: 0,
                 },
                 Err(e) => {
-                    tracing::warn!(error = %e, "retained room's history unreachable: delivering locally without an offset");
+                    tracing::warn!(error = %crate::error::chain(&e), "retained room's history unreachable: delivering locally without an offset");
                     let since = Instant::now();
                     let EnvelopeBody::Room {
                         room,
@@ -641,6 +629,7 @@ impl Router {
             self.bus.interest_changed(room);
         }
         self.bus.membership_changed(room, &conn.id, true);
+        self.announce(room, &conn.id, PresenceEvent::Join);
         let recovery = Recovery {
             router: self,
             conn,

@@ -83,12 +83,15 @@ impl Inner {
         p: &RetainedPublish,
     ) {
         let room = p.room.as_str();
-        // EVAL through `custom`: fred's pipelines have no `eval`. Hashed by the first key.
-        let eval = CustomCommand::new_static("EVAL", ClusterHash::Offset(2), false);
+        // EVAL through `custom`: fred's pipelines have no `eval`. In Redis Cluster it goes to
+        // the shard of the room's slot (its keys and shard channel share the hash tag); only
+        // an explicit slot is honoured for a custom command.
+        let stream = self.keys.history(room);
+        let eval = CustomCommand::new_static("EVAL", ClusterHash::from(stream.as_str()), false);
         let args: Vec<Value> = vec![
             PUBLISH.into(),
             "2".into(),
-            self.keys.history(room).into(),
+            stream.into(),
             self.keys.history_meta(room).into(),
             self.keys.room(room).into(),
             Value::Bytes(p.envelope.clone()),
