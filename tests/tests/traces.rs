@@ -1,6 +1,7 @@
-//! SPEC section 12 for integration calls: with `telemetry.otlp_endpoint` set, each call is a
-//! span exported over OTLP (HTTP/JSON, to a recording collector on loopback), and the backend
-//! gets the span's W3C trace context in `traceparent`.
+//! SPEC section 12: with `telemetry.otlp_endpoint` set, spans are exported over OTLP
+//! (HTTP/JSON, to a recording collector on loopback): each integration call is a span whose W3C
+//! trace context reaches the backend in `traceparent`; a publish and its delivery on another
+//! node share one trace through the bus envelope; each connection is a span.
 
 use serde_json::{json, Value};
 use wsgate_tests::*;
@@ -114,4 +115,124 @@ async fn without_an_endpoint_no_trace_context_is_sent() {
     assert_eq!(answer["type"], "route_response");
     let call = backend.seen().pop().unwrap();
     assert!(!call.headers.contains_key("traceparent"));
+}
+
+fn string_attribute<'a>(span: &'a Value, key: &str) -> Option<&'a str> {
+    attribute(span, key).and_then(|v| v["stringValue"].as_str())
+}
+
+/// A publish on one node and its delivery on another share one trace: the `publish` span's
+/// context rides the bus envelope, and the receiving node's `deliver` span is its child. The
+/// same for a retained room (through the history script) and for the admin API; and each
+/// connection is a span of its own, with its close code.
+#[tokio::test]
+async fn a_publish_and_its_delivery_on_another_node_share_one_trace() {
+    let collector = Recorder::start("{}").await;
+    let redis = Redis::start().await;
+    let name = cluster_name();
+    let config = format!(
+        "[telemetry]\notlp_endpoint = \"{}\"\nservice_name = \"wsgate-test\"\n\
+         [[history]]\nrooms = [\"kept:*\"]\n\
+         [cluster]\nname = \"{name}\"\nredis_url = \"{}\"\nnode_heartbeat = \"200ms\"\n",
+        collector.url(""),
+        redis.url()
+    );
+    let start =
+        || Node::start_with(NodeOptions::config(&config).env("OTEL_BSP_SCHEDULE_DELAY", "100"));
+    let (a, b) = (start().await, start().await);
+    let mut publisher = a.connect().await;
+    let mut member = b.connect().await;
+    for room in ["plain", "kept:1"] {
+        member
+            .request(json!({"action":"join","room":room,"id":"j"}))
+            .await;
+        until_delivered(&mut publisher, &mut member, room, room).await;
+        member.drain(std::time::Duration::from_millis(100)).await;
+    }
+    let base = spans(&collector).len();
+    for room in ["plain", "kept:1"] {
+        let ack = publisher
+            .request(json!({"action":"publish","room":room,"data":"traced","id":room}))
+            .await;
+        assert_eq!(ack["type"], "ack", "{ack}");
+        let m = member.recv().await;
+        assert_eq!(m["data"], "traced");
+    }
+    let (status, _) = http_json(
+        reqwest::Client::new()
+            .post(a.admin_url("/rooms/plain/messages"))
+            .json(&json!({"data":"from admin"})),
+    )
+    .await;
+    assert_eq!(status, 202);
+    assert_eq!(member.recv().await["data"], "from admin");
+
+    let traced = |all: &[Value], room: &str, connection: Option<&str>| -> Option<(Value, Value)> {
+        let publish = all.iter().find(|s| {
+            s["name"] == "publish"
+                && string_attribute(s, "room") == Some(room)
+                && connection.is_none_or(|c| string_attribute(s, "connection") == Some(c))
+                && s["parentSpanId"].as_str().unwrap_or_default().is_empty()
+        })?;
+        let deliver = all
+            .iter()
+            .find(|s| s["name"] == "deliver" && s["traceId"] == publish["traceId"])?;
+        Some((publish.clone(), deliver.clone()))
+    };
+    let publisher_id = publisher.id();
+    eventually("publish and deliver spans exported", || async {
+        let all: Vec<Value> = spans(&collector).into_iter().skip(base).collect();
+        traced(&all, "plain", Some(&publisher_id)).is_some()
+            && traced(&all, "kept:1", None).is_some()
+            && traced(&all, "plain", Some("")).is_some()
+    })
+    .await;
+    let all: Vec<Value> = spans(&collector).into_iter().skip(base).collect();
+    for (room, connection) in [
+        ("plain", Some(publisher_id.as_str())),
+        ("kept:1", None),
+        ("plain", Some("")),
+    ] {
+        let (publish, deliver) = traced(&all, room, connection).unwrap();
+        assert_eq!(publish["kind"], 4, "a producer span: {publish}");
+        assert_eq!(deliver["kind"], 5, "a consumer span: {deliver}");
+        assert_eq!(
+            deliver["parentSpanId"], publish["spanId"],
+            "the delivery is the publish's child"
+        );
+        assert_eq!(string_attribute(&deliver, "room"), Some(room));
+    }
+
+    // A connection is a span from open to close, with its close code.
+    let member_id = member.id();
+    use tokio_tungstenite::tungstenite::protocol::{frame::coding::CloseCode, CloseFrame};
+    member
+        .ws
+        .close(Some(CloseFrame {
+            code: CloseCode::Normal,
+            reason: "bye".into(),
+        }))
+        .await
+        .unwrap();
+    eventually("the connection span exported", || async {
+        spans(&collector).iter().any(|s| {
+            s["name"] == "connection"
+                && string_attribute(s, "connection") == Some(member_id.as_str())
+        })
+    })
+    .await;
+    let all = spans(&collector);
+    let span = all
+        .iter()
+        .find(|s| {
+            s["name"] == "connection"
+                && string_attribute(s, "connection") == Some(member_id.as_str())
+        })
+        .unwrap();
+    assert_eq!(span["kind"], 2, "a server span");
+    let code = attribute(span, "close_code").map(|v| v["intValue"].clone());
+    assert!(
+        matches!(&code, Some(Value::String(s)) if s == "1000") || code == Some(json!(1000)),
+        "{code:?} in {span}"
+    );
 }

@@ -58,6 +58,12 @@ pub struct Routing {
 }
 
 impl App {
+    /// Whether spans are exported (`telemetry.otlp_endpoint`): publishes and connections
+    /// get spans only then.
+    pub fn traced(&self) -> bool {
+        !self.config.telemetry.otlp_endpoint.is_empty()
+    }
+
     /// Builds the state for a configuration.
     pub fn new(
         config: Arc<Config>,

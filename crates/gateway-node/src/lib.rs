@@ -226,6 +226,8 @@ pub async fn run(
                 .filter(|p| p.events)
                 .flat_map(|p| p.rooms.iter().map(RoomPattern::new))
                 .collect(),
+            traces: (!config.telemetry.otlp_endpoint.is_empty())
+                .then(|| Arc::new(telemetry::DeliverySpans) as Arc<dyn room_router::DeliveryTrace>),
         },
     );
     let metrics = Metrics::new(router.clone(), deliveries);

@@ -1,9 +1,12 @@
 //! Logs and traces (SPEC section 12). `RUST_LOG` filters the log (default `info`);
 //! `telemetry.log_format` picks text or JSON. With `telemetry.otlp_endpoint` set, the node's
-//! spans (an integration call is one) are exported over OTLP/HTTP with JSON bodies to that
-//! collector, whatever `RUST_LOG` says, and their W3C trace context goes to backends in
-//! `traceparent`. Tokens never reach a log line or a span: the node records no request URI,
-//! header or claim set.
+//! spans are exported over OTLP/HTTP with JSON bodies to that collector, whatever `RUST_LOG`
+//! says: a `connection` span per connection, a `publish` span per publish whose W3C trace
+//! context rides the bus envelope to the other nodes, a `deliver` span per node that fans a
+//! traced message out (a child of the publish), and an `integration` span per call whose
+//! context goes to the backend in `traceparent`. Without an endpoint none of these spans is
+//! made. Tokens never reach a log line or a span: the node records no request URI, header or
+//! claim set.
 
 use std::collections::HashMap;
 
@@ -103,6 +106,31 @@ pub fn trace_headers(span: &tracing::Span) -> HashMap<String, String> {
     let cx = span.context();
     opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&cx, &mut carrier));
     carrier
+}
+
+/// The W3C `traceparent` of `span`, for an envelope; `None` when traces are off.
+pub fn traceparent(span: &tracing::Span) -> Option<String> {
+    trace_headers(span).remove("traceparent")
+}
+
+/// Records deliveries of traced room messages as `deliver` spans in the publisher's trace.
+#[derive(Debug)]
+pub struct DeliverySpans;
+
+impl room_router::DeliveryTrace for DeliverySpans {
+    fn delivered(&self, room: &protocol::RoomName, traceparent: &str, members: usize) {
+        let carrier = HashMap::from([("traceparent".to_owned(), traceparent.to_owned())]);
+        let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(&carrier));
+        let span = tracing::info_span!(
+            parent: None,
+            "deliver",
+            otel.kind = "consumer",
+            room = %room,
+            members = members as i64,
+        );
+        // A malformed traceparent from another node leaves the span a root of its own.
+        let _ = span.set_parent(parent);
+    }
 }
 
 #[cfg(test)]

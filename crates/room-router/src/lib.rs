@@ -32,5 +32,5 @@ pub use outbound::{
     Queued, Transport,
 };
 pub use registry::{ConnHandle, ConnInfo, SessionKind};
-pub use router::{JoinReceipt, PublishReceipt, Router, RouterOptions};
+pub use router::{DeliveryTrace, JoinReceipt, PublishReceipt, Router, RouterOptions};
 pub use views::{ConnectionView, NodeView, RoomPresence};

@@ -35,6 +35,16 @@ pub struct RouterOptions {
     /// Rooms whose joins and leaves are announced to their other members (`[[presence]]`
     /// with `events = true`).
     pub presence_events: Vec<RoomPattern>,
+    /// Told of every room message that arrives with a trace context (traces on), so the
+    /// node can record its delivery in the publisher's trace.
+    pub traces: Option<Arc<dyn DeliveryTrace>>,
+}
+
+/// What the node does with a traced room message it delivered: room-router knows W3C trace
+/// context only as the envelope's `traceparent` string; the node turns it into a span.
+pub trait DeliveryTrace: Send + Sync + std::fmt::Debug {
+    /// `room`'s message, published in the trace `traceparent`, reached `members` local members.
+    fn delivered(&self, room: &RoomName, traceparent: &str, members: usize);
 }
 
 /// What a publish returns to its caller.
@@ -72,6 +82,7 @@ pub struct RouterStats {
 struct LocalNode {
     node: NodeId,
     framer: Framer,
+    traces: Option<Arc<dyn DeliveryTrace>>,
     deliveries: Arc<dyn Deliveries>,
     registry: Registry,
     rooms: Rooms,
@@ -189,6 +200,7 @@ impl LocalNode {
 impl BusSink for LocalNode {
     fn deliver(&self, envelope: Envelope) {
         let since = Instant::now();
+        let envelope_trace = envelope.traceparent;
         match envelope.body {
             EnvelopeBody::Room {
                 room,
@@ -209,19 +221,18 @@ impl BusSink for LocalNode {
                 let ServerFrame::Message { offset, epoch, .. } = &frame else {
                     unreachable!("built as a message above")
                 };
-                match (offset, epoch) {
-                    (Some(offset), Some(epoch)) => {
-                        self.fanout_retained(
-                            &room,
-                            &mut encodings,
-                            exclude.as_ref(),
-                            since,
-                            (*offset, epoch),
-                        );
-                    }
-                    _ => {
-                        self.fanout(&room, &mut encodings, exclude.as_ref(), since);
-                    }
+                let members = match (offset, epoch) {
+                    (Some(offset), Some(epoch)) => self.fanout_retained(
+                        &room,
+                        &mut encodings,
+                        exclude.as_ref(),
+                        since,
+                        (*offset, epoch),
+                    ),
+                    _ => self.fanout(&room, &mut encodings, exclude.as_ref(), since),
+                };
+                if let (Some(traces), Some(tp)) = (&self.traces, &envelope_trace) {
+                    traces.delivered(&room, tp, members);
                 }
             }
             EnvelopeBody::Presence {
@@ -336,6 +347,7 @@ impl Router {
         let local = Arc::new(LocalNode {
             node,
             framer: options.framer,
+            traces: options.traces.clone(),
             deliveries: options.deliveries.clone(),
             registry: Registry::default(),
             rooms: Rooms::default(),
@@ -467,6 +479,19 @@ impl Router {
         from: Option<&ConnectionId>,
         exclude_self: bool,
     ) -> Result<PublishReceipt, RouterError> {
+        self.publish_traced(room, data, from, exclude_self, None)
+    }
+
+    /// [`Router::publish`] in a trace: the envelope carries its W3C `traceparent` to the
+    /// other nodes, whose deliveries join the trace ([`DeliveryTrace`]).
+    pub fn publish_traced(
+        &self,
+        room: &RoomName,
+        data: Payload,
+        from: Option<&ConnectionId>,
+        exclude_self: bool,
+        trace: Option<String>,
+    ) -> Result<PublishReceipt, RouterError> {
         let since = Instant::now();
         let frame = ServerFrame::Message {
             room: room.clone(),
@@ -493,7 +518,7 @@ impl Router {
                 offset: None,
                 epoch: None,
             },
-            traceparent: None,
+            traceparent: trace,
         };
         // Delivery to other nodes is at most once: a bus that cannot take the envelope drops
         // it and counts the drop itself.
@@ -522,6 +547,7 @@ impl Router {
         from: Option<&ConnectionId>,
         exclude_self: bool,
         retention: Retention,
+        trace: Option<String>,
     ) -> Result<BoxFuture<'static, PublishReceipt>, RouterError> {
         let frame = ServerFrame::Message {
             room: room.clone(),
@@ -549,7 +575,7 @@ impl Router {
                 offset: None,
                 epoch: None,
             },
-            traceparent: None,
+            traceparent: trace,
         };
         let published = self.bus.publish_retained(envelope.clone(), retention);
         let local = self.local.clone();

@@ -33,6 +33,7 @@ fn options() -> RouterOptions {
         deliveries: Arc::new(()),
         history: RetentionPolicy::new(vec![(vec![RoomPattern::new("kept:*")], KEEP)]),
         presence_events: Vec::new(),
+        traces: None,
     }
 }
 
@@ -260,7 +261,7 @@ async fn retained_rooms_give_offsets_and_recover(cluster: Cluster) {
         let from = [&a, &b][node];
         let data = Payload::from_json_value(&serde_json::json!({ "n": i }));
         let receipt = cluster[node]
-            .publish_retained(&r, data, Some(&from.id), false, KEEP)
+            .publish_retained(&r, data, Some(&from.id), false, KEEP, None)
             .unwrap()
             .await;
         acked.push(receipt.offset.expect("an offset"));
@@ -274,7 +275,7 @@ async fn retained_rooms_give_offsets_and_recover(cluster: Cluster) {
         );
     }
     let receipt = cluster[0]
-        .publish_retained(&r, json("7"), Some(&a.id), true, KEEP)
+        .publish_retained(&r, json("7"), Some(&a.id), true, KEEP, None)
         .unwrap()
         .await;
     assert_eq!(receipt.offset, Some(7));
@@ -292,7 +293,7 @@ async fn retained_rooms_give_offsets_and_recover(cluster: Cluster) {
     assert_eq!(offsets_of(&frames(&late, 3).await), [5, 6, 7]);
     nothing(&late).await;
     cluster[0]
-        .publish_retained(&r, json("8"), None, false, KEEP)
+        .publish_retained(&r, json("8"), None, false, KEEP, None)
         .unwrap()
         .await;
     assert_eq!(offsets_of(&frames(&late, 1).await), [8], "then live");

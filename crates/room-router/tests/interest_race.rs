@@ -111,6 +111,7 @@ fn options() -> RouterOptions {
         deliveries: Arc::new(()),
         history: Default::default(),
         presence_events: Vec::new(),
+        traces: None,
     }
 }
 

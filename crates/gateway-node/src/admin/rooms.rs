@@ -37,18 +37,23 @@ pub async fn publish(
         .data
         .ok_or_else(|| ApiError::bad_request("missing field `data`"))?;
     let data = json_payload(data.get().as_bytes())?;
+    let span = app.traced().then(|| {
+        tracing::info_span!(parent: None, "publish", otel.kind = "producer", room = %room, connection = "")
+    });
+    let trace = span.as_ref().and_then(crate::telemetry::traceparent);
     let receipt = match app.router.retention(&room) {
         Some(retention) => {
             app.router
-                .publish_retained(&room, data, None, false, retention)
+                .publish_retained(&room, data, None, false, retention, trace)
                 .map_err(ApiError::from)?
                 .await
         }
         None => app
             .router
-            .publish(&room, data, None, false)
+            .publish_traced(&room, data, None, false, trace)
             .map_err(ApiError::from)?,
     };
+    drop(span);
     let mut answer = serde_json::json!({ "offset": receipt.offset });
     if let Some(epoch) = receipt.epoch {
         answer["epoch"] = epoch.into();

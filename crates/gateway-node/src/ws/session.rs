@@ -213,6 +213,19 @@ impl Session {
         // let go of, even while a member snapshot somewhere still holds the connection.
         let _detach = Detach(self.conn.clone());
         let registered = Registered::new(app.clone(), self.conn.clone());
+        // One span for the connection's life, when traces are on: a root of its own, so a
+        // long connection's trace does not swallow the publishes it makes.
+        let span = app.traced().then(|| {
+            tracing::info_span!(
+                parent: None,
+                "connection",
+                otel.kind = "server",
+                connection = %self.conn.id,
+                node = %app.router.node_id(),
+                source_ip = %self.conn.info.source_ip,
+                close_code = tracing::field::Empty,
+            )
+        });
         app.router.register(self.conn.clone()).await;
         app.metrics.connections.inc();
         for room in &rooms {
@@ -240,6 +253,9 @@ impl Session {
                 .unwrap_or((1005, "no status".to_owned())),
             End::Broken => (1006, "connection lost".to_owned()),
         };
+        if let Some(span) = &span {
+            span.record("close_code", i64::from(code));
+        }
         spawn_disconnect(&app, caller, code, reason);
         match end {
             End::Close(code) => {
@@ -529,18 +545,25 @@ impl Session {
                         self.too_many_waiting(id);
                         return None;
                     }
+                    let span = self.publish_span(&room);
+                    let trace = span.as_ref().and_then(crate::telemetry::traceparent);
                     match router.publish_retained(
                         &room,
                         data,
                         Some(&self.conn.id),
                         exclude_self,
                         retention,
+                        trace,
                     ) {
                         Ok(published) => {
                             let publish: Pending = Box::pin(async move {
+                                let receipt = published.await;
+                                if let (Some(span), Some(offset)) = (&span, receipt.offset) {
+                                    span.record("offset", offset as i64);
+                                }
                                 Done {
                                     id,
-                                    outcome: Outcome::Published(published.await),
+                                    outcome: Outcome::Published(receipt),
                                 }
                             });
                             // Fits: checked above, and nothing was queued since.
@@ -549,7 +572,15 @@ impl Session {
                         Err(e) => self.router_error(id, e),
                     }
                 } else {
-                    match router.publish(&room, data, Some(&self.conn.id), exclude_self) {
+                    let span = self.publish_span(&room);
+                    let trace = span.as_ref().and_then(crate::telemetry::traceparent);
+                    match router.publish_traced(
+                        &room,
+                        data,
+                        Some(&self.conn.id),
+                        exclude_self,
+                        trace,
+                    ) {
                         Ok(_) => self.ack(id, None, None, None),
                         Err(e) => self.router_error(id, e),
                     }
@@ -705,6 +736,21 @@ impl Session {
         }
     }
 
+    /// A `publish` span (a root: its trace follows the message to every node), when traces
+    /// are on.
+    fn publish_span(&self, room: &RoomName) -> Option<tracing::Span> {
+        self.app.traced().then(|| {
+            tracing::info_span!(
+                parent: None,
+                "publish",
+                otel.kind = "producer",
+                room = %room,
+                connection = %self.conn.id,
+                offset = tracing::field::Empty,
+            )
+        })
+    }
+
     fn too_many_waiting(&mut self, id: Option<RequestId>) {
         self.error(
             id,
@@ -819,6 +865,7 @@ mod tests {
                 deliveries: Arc::new(()),
                 history: Default::default(),
                 presence_events: Vec::new(),
+                traces: None,
             },
         );
         let metrics =
