@@ -167,3 +167,25 @@ mod base64_decode {
         out
     }
 }
+
+/// `gateway-node healthcheck` (a container's HEALTHCHECK): 0 when `/healthz` answers 200,
+/// 1 when the node is unreachable or answers anything else.
+#[tokio::test]
+async fn healthcheck_exits_zero_only_on_a_healthy_node() {
+    let node = Node::start("").await;
+    let url = node.admin_url("/healthz");
+    let (status, _, err) =
+        tokio::task::spawn_blocking(move || run_cli(&["healthcheck", "--url", &url], &[]))
+            .await
+            .unwrap();
+    assert!(status.success(), "{err}");
+    let url = node.admin_url("/nowhere");
+    let (status, _, err) =
+        tokio::task::spawn_blocking(move || run_cli(&["healthcheck", "--url", &url], &[]))
+            .await
+            .unwrap();
+    assert_eq!(status.code(), Some(1), "a 404 is unhealthy: {err}");
+    let (status, _, err) = run_cli(&["healthcheck", "--url", "http://127.0.0.1:1/healthz"], &[]);
+    assert_eq!(status.code(), Some(1));
+    assert!(err.contains("127.0.0.1:1"), "{err}");
+}

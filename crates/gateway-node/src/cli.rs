@@ -40,6 +40,12 @@ pub enum Command {
         /// The TOML file.
         file: PathBuf,
     },
+    /// Exit 0 when a node's health endpoint answers 200 (a container's HEALTHCHECK).
+    Healthcheck {
+        /// The URL to GET.
+        #[arg(long, default_value = "http://127.0.0.1:9090/healthz")]
+        url: String,
+    },
     /// Mint a development token signed with the configured HS* secret.
     Token {
         /// TOML configuration file (its [auth] secret, issuer and audience are used).

@@ -13,7 +13,8 @@
 //! - [`proxy`]: the WebSocket reverse proxy (`[[proxy]]` paths relayed to upstreams).
 //! - [`admin`]: health, metrics and the management API.
 //! - [`metrics`]: metric names and registry; deliveries counted once per fan-out.
-//! - [`drain`]: the SIGTERM sequence.
+//! - [`drain`]: the SIGTERM sequence; [`healthcheck`]: the `healthcheck` subcommand a
+//!   container image runs.
 //! - [`error`]: HTTP error bodies, and the one mapping from a routing failure to the wire and
 //!   the admin API.
 //!
@@ -27,6 +28,7 @@ pub mod cli;
 pub mod config;
 pub mod drain;
 pub mod error;
+pub mod healthcheck;
 pub mod integration;
 pub mod jwks;
 pub mod metrics;

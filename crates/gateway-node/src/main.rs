@@ -1,4 +1,4 @@
-//! `gateway-node`: run a node, check a config, or mint a development token.
+//! `gateway-node`: run a node, check a config or a node's health, or mint a development token.
 //!
 //! Run one node in embedded mode: `cargo run --release -p gateway-node`.
 
@@ -17,6 +17,16 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::CheckConfig { ref file }) => check_config(file),
+        Some(Command::Healthcheck { ref url }) => {
+            // A container runtime reads 1 as unhealthy (2 is reserved there).
+            return match gateway_node::healthcheck::check(url) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("gateway-node: {e:#}");
+                    ExitCode::from(1)
+                }
+            };
+        }
         Some(Command::Token {
             ref config,
             ref sub,
