@@ -83,7 +83,6 @@ pub struct Preflight {
 /// Everything about a configuration that can be checked without the network: what the node
 /// would refuse at start.
 pub fn preflight(config: &Config) -> anyhow::Result<Preflight> {
-    check_supported(config)?;
     let routes = routes::RouteTable::from_config(&config.routes)?;
     let proxy = proxy::Proxy::from_config(config)?;
     let tls = if config.server.tls_cert_file.is_empty() {
@@ -112,17 +111,6 @@ pub fn preflight(config: &Config) -> anyhow::Result<Preflight> {
         routes,
         proxy,
     })
-}
-
-/// Refuses configuration this version cannot honour yet, rather than ignoring it silently.
-fn check_supported(config: &Config) -> anyhow::Result<()> {
-    let unsupported = [(!config.server.write_delay.is_zero(), "server.write_delay")];
-    for (used, what) in unsupported {
-        if used {
-            bail!("{what} is not supported by this version of gateway-node yet");
-        }
-    }
-    Ok(())
 }
 
 /// Retained rooms from `[[history]]`.

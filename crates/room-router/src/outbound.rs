@@ -9,10 +9,17 @@
 //! consumer, closed with 1013, so one slow reader never stalls a room nor holds more than its
 //! share of memory (SPEC sections 5 and 11). Every byte — room messages, replies, pings,
 //! close frames — goes through here, so frames never interleave.
+//!
+//! With a write delay (`server.write_delay`, SPEC section 11) room and direct messages are not
+//! written from the push: they queue, the first of a batch records when it must leave
+//! ([`Outbound::flush_due`]), and the session's flush writes the whole batch in one vectored
+//! write. Many frames per system call instead of one, for at most that much latency. Replies
+//! and control frames (no entry time) do not wait: they go at once, taking a waiting batch
+//! with them, so a welcome, an ack or a pong is never delayed.
 
 use std::collections::VecDeque;
-use std::io;
-use std::time::Instant;
+use std::io::{self, IoSlice};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -40,6 +47,14 @@ pub trait Transport: Send + Sync + 'static {
     fn try_write_direct(&self, buf: &[u8]) -> io::Result<usize> {
         self.try_write(buf)
     }
+    /// Writes as much of `bufs`, in order, as the socket takes now (one `writev`), with
+    /// [`Transport::try_write`]'s readiness rules. The default writes the first buffer only.
+    fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        match bufs.first() {
+            Some(b) => self.try_write(b),
+            None => Ok(0),
+        }
+    }
     /// A room or direct message entered the node at `since` and is now fully written by a
     /// flush (frames written at once by a push are counted by the pusher, once per fan-out).
     fn delivered(&self, since: Instant);
@@ -63,6 +78,10 @@ pub trait Deliveries: Send + Sync + std::fmt::Debug + 'static {
 impl Deliveries for () {
     fn delivered(&self, _n: u64, _since: Instant) {}
 }
+
+/// Frames written by one vectored write at most (Linux takes 1,024; 64 frames of room
+/// messages are already tens of kilobytes).
+const MAX_IOV: usize = 64;
 
 /// What a push did with the frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,6 +162,10 @@ pub enum Flush {
 #[derive(Default)]
 struct State {
     pending: VecDeque<Queued>,
+    /// `server.write_delay`: zero writes at once.
+    delay: Duration,
+    /// With a delay: when the batch waiting now must be written.
+    due: Option<Instant>,
     /// Sum of `pending`'s byte lengths.
     bytes: usize,
     close: Option<CloseCode>,
@@ -188,6 +211,18 @@ impl Outbound {
             state: Mutex::new(State::default()),
             notify: Notify::new(),
         }
+    }
+
+    /// Batches writes: room and direct messages wait up to `delay` and leave together (zero:
+    /// written at once). Set before the socket is attached.
+    pub fn set_write_delay(&self, delay: Duration) {
+        self.state.lock().delay = delay;
+    }
+
+    /// With a write delay, when the frames waiting must be written: the session flushes then
+    /// (or at once, for a close). `None`: nothing waits on the delay.
+    pub fn flush_due(&self) -> Option<Instant> {
+        self.state.lock().due
     }
 
     /// Attaches the socket; queued frames are written by the next flush.
@@ -263,6 +298,15 @@ impl Outbound {
                 since,
                 pong,
             };
+            if let (false, Some(since), FrameKind::Data) = (st.delay.is_zero(), since, kind) {
+                // The first of a batch: it leaves, with whatever joins it, `delay` after the
+                // message entered the node.
+                st.due = Some(since + st.delay);
+                st.push_back(q);
+                drop(st);
+                self.notify.notify_one();
+                return Ok(Pushed::Queued);
+            }
             if let Some(t) = st.transport.as_ref() {
                 match t.try_write_direct(bytes) {
                     Ok(n) if n == bytes.len() => return Ok(Pushed::Written),
@@ -296,6 +340,12 @@ impl Outbound {
             since,
             pong,
         });
+        if st.due.is_some() && since.is_none() {
+            // A reply or a control frame behind a batch: it takes the batch with it now.
+            st.due = Some(Instant::now());
+            drop(st);
+            self.notify.notify_one();
+        }
         Ok(Pushed::Queued)
     }
 
@@ -309,19 +359,39 @@ impl Outbound {
         let Some(t) = st.transport.as_ref() else {
             return Flush::Blocked;
         };
-        while let Some(front) = st.pending.front_mut() {
-            match t.try_write(&front.bytes) {
-                Ok(n) if n == front.bytes.len() => {
-                    if let Some(since) = front.since {
-                        t.delivered(since);
+        st.due = None;
+        while !st.pending.is_empty() {
+            // Up to MAX_IOV frames in one system call.
+            let mut slices = [IoSlice::new(&[]); MAX_IOV];
+            let mut count = 0;
+            for (slot, q) in slices.iter_mut().zip(st.pending.iter()) {
+                *slot = IoSlice::new(&q.bytes);
+                count += 1;
+            }
+            let written = if count == 1 {
+                t.try_write(&st.pending[0].bytes)
+            } else {
+                t.try_write_vectored(&slices[..count])
+            };
+            match written {
+                Ok(mut n) => {
+                    while let Some(front) = st.pending.front_mut() {
+                        if n < front.bytes.len() {
+                            front.bytes = front.bytes.slice(n..);
+                            st.bytes -= n;
+                            break;
+                        }
+                        n -= front.bytes.len();
+                        if let Some(since) = front.since {
+                            t.delivered(since);
+                        }
+                        if let Some(q) = st.pending.pop_front() {
+                            st.bytes -= q.bytes.len();
+                        }
+                        if n == 0 {
+                            break;
+                        }
                     }
-                    if let Some(q) = st.pending.pop_front() {
-                        st.bytes -= q.bytes.len();
-                    }
-                }
-                Ok(n) => {
-                    front.bytes = front.bytes.slice(n..);
-                    st.bytes -= n;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Flush::Blocked,
                 Err(_) => {
@@ -414,15 +484,17 @@ mod tests {
         Bytes::from_static(b"frame")
     }
 
-    /// A socket that takes `room` bytes, then pushes back.
+    /// A socket that takes `room` bytes, then pushes back; it counts its system calls.
     struct FakeSocket {
         room: AtomicUsize,
         written: Mutex<Vec<u8>>,
         delivered: AtomicUsize,
+        calls: AtomicUsize,
     }
 
     impl Transport for Arc<FakeSocket> {
         fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
             let n = buf.len().min(self.room.load(Ordering::SeqCst));
             if n == 0 {
                 return Err(io::ErrorKind::WouldBlock.into());
@@ -430,6 +502,26 @@ mod tests {
             self.room.fetch_sub(n, Ordering::SeqCst);
             self.written.lock().extend_from_slice(&buf[..n]);
             Ok(n)
+        }
+        fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            let mut total = 0;
+            for b in bufs {
+                let n = b.len().min(self.room.load(Ordering::SeqCst));
+                if n == 0 {
+                    break;
+                }
+                self.room.fetch_sub(n, Ordering::SeqCst);
+                self.written.lock().extend_from_slice(&b[..n]);
+                total += n;
+                if n < b.len() {
+                    break;
+                }
+            }
+            if total == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            Ok(total)
         }
         fn delivered(&self, _since: Instant) {
             self.delivered.fetch_add(1, Ordering::SeqCst);
@@ -441,7 +533,59 @@ mod tests {
             room: AtomicUsize::new(room),
             written: Mutex::new(Vec::new()),
             delivered: AtomicUsize::new(0),
+            calls: AtomicUsize::new(0),
         })
+    }
+
+    /// With a write delay nothing leaves from the push: the batch waits until it is due and
+    /// then goes in one vectored write, in order, partly written frames finished next time.
+    #[test]
+    fn a_write_delay_batches_frames_into_one_write() {
+        let q = Outbound::new(frames(100));
+        let s = socket(1_000);
+        q.attach(Box::new(s.clone()));
+        q.set_write_delay(Duration::from_millis(10));
+        let before = Instant::now();
+        for i in 0..5u8 {
+            let f = Bytes::from(vec![b'a' + i; 3]);
+            assert_eq!(q.push(&f, Some(Instant::now())), Ok(Pushed::Queued));
+        }
+        let due = q.flush_due().expect("a batch is due");
+        assert!(due >= before + Duration::from_millis(10));
+        assert_eq!(
+            s.calls.load(Ordering::SeqCst),
+            0,
+            "nothing written by the pushes"
+        );
+        assert_eq!(q.flush(), Flush::Empty);
+        assert_eq!(
+            s.calls.load(Ordering::SeqCst),
+            1,
+            "one system call for five frames"
+        );
+        assert_eq!(&s.written.lock()[..], b"aaabbbcccdddeee");
+        assert_eq!(s.delivered.load(Ordering::SeqCst), 5);
+        assert_eq!(q.flush_due(), None, "nothing waits");
+        // A reply is written at once, and behind a batch it makes the batch due now.
+        assert_eq!(q.push(&frame(), None), Ok(Pushed::Written));
+        q.push(&frame(), Some(Instant::now())).unwrap();
+        assert!(q.flush_due().unwrap() > Instant::now());
+        q.push(&frame(), None).unwrap();
+        assert!(
+            q.flush_due().unwrap() <= Instant::now(),
+            "the reply takes the batch now"
+        );
+        assert_eq!(q.flush(), Flush::Empty);
+        s.written.lock().truncate(15);
+        // A socket that takes part of the batch: the rest, in order, on the next flush.
+        s.room.store(7, Ordering::SeqCst);
+        for i in 0..3u8 {
+            q.push(&Bytes::from(vec![b'x' + i; 3]), None).unwrap();
+        }
+        assert_eq!(q.flush(), Flush::Blocked);
+        s.room.store(100, Ordering::SeqCst);
+        assert_eq!(q.flush(), Flush::Empty);
+        assert_eq!(&s.written.lock()[15..], b"xxxyyyzzz");
     }
 
     #[test]

@@ -398,6 +398,8 @@ pub async fn upgrade(
             path: req.uri().path().to_owned(),
         },
     ));
+    // `server.write_delay`: frames wait up to that long and leave in one write.
+    conn.outbound.set_write_delay(app.config.server.write_delay);
     let session_app = app.clone();
     let slot = slot.keep();
     app.sessions.spawn(async move {

@@ -74,6 +74,10 @@ impl Transport for SocketTransport {
         send(&self.stream, buf)
     }
 
+    fn try_write_vectored(&self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        self.stream.try_write_vectored(bufs)
+    }
+
     fn delivered(&self, since: Instant) {
         self.metrics.deliveries.delivered(1, since);
     }

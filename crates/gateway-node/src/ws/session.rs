@@ -321,11 +321,31 @@ impl Session {
         let hard_stop = self.app.hard_stop.clone();
         let stopped = hard_stop.cancelled();
         tokio::pin!(stopped);
+        // When the batch waiting on `server.write_delay` must be written.
+        let batch = tokio::time::sleep_until(tokio::time::Instant::now());
+        tokio::pin!(batch);
+        let mut batch_armed = false;
         loop {
             tokio::select! {
                 biased;
                 () = &mut stopped => return End::Broken,
                 () = self.conn.outbound.ready() => {
+                    // With `server.write_delay` a batch leaves when it is due (a close at once).
+                    match self.conn.outbound.flush_due() {
+                        Some(due) if self.conn.outbound.close_requested().is_none()
+                            && due > std::time::Instant::now() => {
+                            batch.as_mut().reset(due.into());
+                            batch_armed = true;
+                        }
+                        _ => {
+                            if let Some(end) = self.on_writable() {
+                                return end;
+                            }
+                        }
+                    }
+                }
+                () = &mut batch, if batch_armed => {
+                    batch_armed = false;
                     if let Some(end) = self.on_writable() {
                         return end;
                     }
