@@ -2,7 +2,7 @@
 # Reproduces loadtest/RESULTS.md: nodes pinned to CPU 0, the harness (and Redis) pinned to
 # CPU 1, fresh nodes per scenario.
 #
-#   loadtest/bench.sh [idle|floor|broadcast|cluster|stall|tls|proxy|history|resume|all]
+#   loadtest/bench.sh [idle|floor|broadcast|cluster|stall|tls|proxy|history|resume|batching|all]
 #   (default: all)
 #
 # idle       18,000 idle connections on one embedded node
@@ -25,6 +25,9 @@
 #            first, 10 publishes/s on the second for 20 s; at 5 s the first node is drained
 #            at once (drain_delay = drain_period = 0): its members reconnect to the second
 #            and rejoin with since. Gaps, duplicates, time until all are back
+# batching   1,000 members x 400 publishes/s of ~100 bytes (400,000 deliveries/s offered) on
+#            one node: the floor at that load, then the node with server.write_delay = 10ms
+#            and with 0, alternating twice
 #
 # ROUNDS=n sets the proxy scenario's rounds (default 2), RATE=n its messages/s per client
 # (default 50; at 10 no CPU is saturated, which is where added latency can be read).
@@ -35,8 +38,8 @@ cd "$(dirname "$0")/.."
 
 scenario="${1:-all}"
 case "$scenario" in
-  idle | floor | broadcast | cluster | stall | tls | proxy | history | resume | all) ;;
-  *) echo "usage: $0 [idle|floor|broadcast|cluster|stall|tls|proxy|history|resume|all]" >&2; exit 2 ;;
+  idle | floor | broadcast | cluster | stall | tls | proxy | history | resume | batching | all) ;;
+  *) echo "usage: $0 [idle|floor|broadcast|cluster|stall|tls|proxy|history|resume|batching|all]" >&2; exit 2 ;;
 esac
 out="${OUT:-loadtest/results}"
 mkdir -p "$out"
@@ -175,6 +178,20 @@ run_history() {
   done
 }
 
+run_batching() {
+  taskset -c 1 "$harness" floor --members 1000 --rate 400 --duration 10s --size 150 \
+    --sender-cpu 0 --receiver-cpu 1 --out "$out/batching-floor.json"
+  for round in 1 2; do
+    for delay in 10ms 0ms; do
+      WSGATE_SERVER__WRITE_DELAY="$delay" start_node
+      taskset -c 1 "$harness" broadcast --url "ws://127.0.0.1:$port/ws" --node-pid "$node_pid" \
+        --members 1000 --rate 400 --duration 10s --size 100 --grace 3s \
+        --out "$out/batching-$delay-$round.json"
+    done
+  done
+  stop_node
+}
+
 run_resume() {
   printf '[server]\ndrain_delay = "0s"\ndrain_period = "0s"\n[[history]]\nrooms = ["chat:*"]\nsize = 1000\nttl = "10m"\n' \
     >"$out/resume.toml"
@@ -291,6 +308,7 @@ run_proxy() {
 }
 
 case "$scenario" in
+  batching) run_batching ;;
   history) run_history ;;
   resume) run_resume ;;
   proxy) run_proxy ;;
@@ -300,5 +318,5 @@ case "$scenario" in
   floor) run_floor ;;
   broadcast) run_broadcast ;;
   cluster) run_cluster ;;
-  all) run_idle; run_floor; run_broadcast; run_cluster; run_stall; run_tls; run_proxy; run_history; run_resume ;;
+  all) run_idle; run_floor; run_broadcast; run_cluster; run_stall; run_tls; run_proxy; run_history; run_resume; run_batching ;;
 esac

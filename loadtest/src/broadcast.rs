@@ -128,6 +128,10 @@ pub async fn run(args: BroadcastArgs) -> anyhow::Result<()> {
     .await
     .context("opening the probe and churn connections")?;
     let cpu_before = procstat::cpu_total(pids)?;
+    // The members' own processes: at high rates the harness, not the node, may be the limit.
+    let worker_pids = workers.pids();
+    let harness_before = procstat::cpu_total(&worker_pids).ok().flatten();
+    let measured_from = Instant::now();
     let start = Instant::now();
     let mut sent = 0u64;
     for seq in 0..planned {
@@ -158,6 +162,18 @@ pub async fn run(args: BroadcastArgs) -> anyhow::Result<()> {
     // The offered window: `sent` publishes at `rate` per second.
     let window_secs = sent as f64 / f64::from(args.rate);
     tokio::time::sleep_until((Instant::now() + args.grace).min(deadline).into()).await;
+    let harness_cpu = match (
+        harness_before,
+        procstat::cpu_total(&worker_pids).ok().flatten(),
+    ) {
+        (Some(b), Some(a)) => Some(a - b),
+        _ => None,
+    };
+    // The share of a core each worker used while CPU was measured (publishing and grace).
+    let measured_secs = measured_from.elapsed().as_secs_f64();
+    let harness_share = harness_cpu
+        .filter(|_| measured_secs > 0.0)
+        .map(|c| c / measured_secs / worker_pids.len().max(1) as f64);
     let cpu = match (
         cpu_before,
         procstat::at_end("CPU", procstat::cpu_total(pids)),
@@ -268,6 +284,8 @@ pub async fn run(args: BroadcastArgs) -> anyhow::Result<()> {
             "max": ms(&side.join_us, 1.0),
         })),
         "node_cpu_seconds": cpu.map(|c| round(c, 3)),
+        "harness_cpu_seconds": harness_cpu.map(|c| round(c, 3)),
+        "harness_cpu_share_per_worker": harness_share.map(|c| round(c, 3)),
         "node_cpu_seconds_per_1000_deliveries": per_1000.map(|c| round(c, 6)),
         "node_rss_kib": rss.map(|b| b / 1024),
         "redis_commands": redis,
@@ -337,6 +355,22 @@ pub async fn run(args: BroadcastArgs) -> anyhow::Result<()> {
         (
             "node RSS",
             rss.map_or("n/a".into(), |b| format!("{} KiB", b / 1024)),
+        ),
+        (
+            "harness CPU",
+            match (harness_cpu, harness_share) {
+                // Its members' processes; near a whole core each, they are the limit.
+                (Some(c), Some(share)) => format!(
+                    "{c:.2} s, {:.0} % of a core per worker{}",
+                    100.0 * share,
+                    if share > 0.9 {
+                        " (the harness is at its limit)"
+                    } else {
+                        ""
+                    }
+                ),
+                _ => "n/a".into(),
+            },
         ),
     ];
     if let (Some(all), Some(publishes)) = (redis_per_publish, redis_publish_per_publish) {

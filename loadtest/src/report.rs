@@ -230,6 +230,11 @@ pub async fn start_members(
 }
 
 impl Workers {
+    /// The worker processes' ids (their CPU shows whether the harness is the limit).
+    pub fn pids(&self) -> Vec<u32> {
+        self.children.iter().filter_map(|(c, _)| c.id()).collect()
+    }
+
     /// Sends every worker a line (`drop`: resume members rejoin).
     pub async fn tell(&mut self, line: &str) {
         for (_, stdin) in &mut self.children {
