@@ -639,14 +639,19 @@ async fn nodes_with_skewed_clocks_stay_registered() {
     let redis = Redis::start().await;
     let name = cluster_name();
     let lib = libfaketime();
+    // A 1 s heartbeat (liveness 3 s): two hours of skew would still evict within one, and a
+    // node slowed by a busy test machine does not miss its 600 ms window.
+    let config =
+        config(&redis, &name).replace("node_heartbeat = \"200ms\"", "node_heartbeat = \"1s\"");
+    assert!(config.contains("node_heartbeat = \"1s\""));
     let skewed = |offset: &str| {
-        NodeOptions::config(&config(&redis, &name))
+        NodeOptions::config(&config)
             .env("LD_PRELOAD", &lib)
             .env("FAKETIME", offset)
             .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
     };
     let nodes = [
-        Node::start(&config(&redis, &name)).await,
+        Node::start(&config).await,
         Node::start_with(skewed("+2h")).await,
         Node::start_with(skewed("-2h")).await,
     ];
@@ -656,7 +661,7 @@ async fn nodes_with_skewed_clocks_stay_registered() {
     let (_, normal) = nodes[0].get("/cluster").await;
     let real = normal["nodes"][0]["last_seen"].as_str().unwrap().to_owned();
     assert!(own > real, "the +2h node's clock is ahead: {own} vs {real}");
-    // 15 heartbeats of 200 ms: a registry trusting clocks evicts within one.
+    // Three seconds, three heartbeats: a registry trusting clocks evicts within one.
     for _ in 0..15 {
         for (i, node) in nodes.iter().enumerate() {
             let (_, v) = node.get("/cluster").await;
