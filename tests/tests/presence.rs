@@ -169,8 +169,9 @@ async fn members_come_from_redis_and_survive_a_redis_restart() {
         (21, all.clone()),
         "a frozen node's members, from redis"
     );
+    // Asking the nodes would have waited out the 2 s query timeout and missed its 20.
     assert!(
-        took < Duration::from_millis(500),
+        took < Duration::from_millis(1500),
         "without waiting for the frozen node: {took:?}"
     );
 
