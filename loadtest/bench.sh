@@ -2,7 +2,7 @@
 # Reproduces loadtest/RESULTS.md: nodes pinned to CPU 0, the harness (and Redis) pinned to
 # CPU 1, fresh nodes per scenario.
 #
-#   loadtest/bench.sh [idle|floor|broadcast|cluster|stall|tls|proxy|history|resume|batching|all]
+#   loadtest/bench.sh [idle|floor|broadcast|cluster|stall|tls|proxy|history|resume|batching|storm|all]
 #   (default: all)
 #
 # idle       18,000 idle connections on one embedded node
@@ -28,6 +28,9 @@
 # batching   1,000 members x 400 publishes/s of ~100 bytes (400,000 deliveries/s offered) on
 #            one node: the floor at that load, then the node with server.write_delay = 10ms
 #            and with 0, alternating twice
+# storm      a reconnect storm: 18,000 members of a retained room on the first of two nodes,
+#            drained at once at 8 s; time until all are back on the second, refusals,
+#            reconnect latency
 #
 # ROUNDS=n sets the proxy scenario's rounds (default 2), RATE=n its messages/s per client
 # (default 50; at 10 no CPU is saturated, which is where added latency can be read).
@@ -38,8 +41,8 @@ cd "$(dirname "$0")/.."
 
 scenario="${1:-all}"
 case "$scenario" in
-  idle | floor | broadcast | cluster | stall | tls | proxy | history | resume | batching | all) ;;
-  *) echo "usage: $0 [idle|floor|broadcast|cluster|stall|tls|proxy|history|resume|batching|all]" >&2; exit 2 ;;
+  idle | floor | broadcast | cluster | stall | tls | proxy | history | resume | batching | storm | all) ;;
+  *) echo "usage: $0 [idle|floor|broadcast|cluster|stall|tls|proxy|history|resume|batching|storm|all]" >&2; exit 2 ;;
 esac
 out="${OUT:-loadtest/results}"
 mkdir -p "$out"
@@ -192,6 +195,18 @@ run_batching() {
   stop_node
 }
 
+run_storm() {
+  printf '[server]\ndrain_delay = "0s"\ndrain_period = "0s"\n[[history]]\nrooms = ["chat:*"]\nsize = 1000\nttl = "10m"\n' \
+    >"$out/storm.toml"
+  start_pair --config "$out/storm.toml"
+  taskset -c 1 "$harness" resume --url "ws://127.0.0.1:$first_port/ws" \
+    --url "ws://127.0.0.1:$second_port/ws" --node-pid "$second_pid" --members 18000 \
+    --rate 2 --duration 20s --drop-at 8s --drain-pid "$first_pid" --grace 5s \
+    --redis-url "$redis" --out "$out/storm.json"
+  stop_node
+  stop_extra
+}
+
 run_resume() {
   printf '[server]\ndrain_delay = "0s"\ndrain_period = "0s"\n[[history]]\nrooms = ["chat:*"]\nsize = 1000\nttl = "10m"\n' \
     >"$out/resume.toml"
@@ -309,6 +324,7 @@ run_proxy() {
 
 case "$scenario" in
   batching) run_batching ;;
+  storm) run_storm ;;
   history) run_history ;;
   resume) run_resume ;;
   proxy) run_proxy ;;
@@ -318,5 +334,5 @@ case "$scenario" in
   floor) run_floor ;;
   broadcast) run_broadcast ;;
   cluster) run_cluster ;;
-  all) run_idle; run_floor; run_broadcast; run_cluster; run_stall; run_tls; run_proxy; run_history; run_resume; run_batching ;;
+  all) run_idle; run_floor; run_broadcast; run_cluster; run_stall; run_tls; run_proxy; run_history; run_resume; run_batching; run_storm ;;
 esac
