@@ -2,7 +2,7 @@
 # Reproduces loadtest/RESULTS.md: nodes pinned to CPU 0, the harness (and Redis) pinned to
 # CPU 1, fresh nodes per scenario.
 #
-#   loadtest/bench.sh [idle|floor|broadcast|cluster|stall|tls|proxy|history|resume|batching|storm|all]
+#   loadtest/bench.sh [idle|floor|broadcast|cluster|stall|tls|proxy|history|resume|batching|storm|direct|all]
 #   (default: all)
 #
 # idle       18,000 idle connections on one embedded node
@@ -31,6 +31,8 @@
 # storm      a reconnect storm: 18,000 members of a retained room on the first of two nodes,
 #            drained at once at 8 s; time until all are back on the second, refusals,
 #            reconnect latency
+# direct     two nodes through one redis-server, 10,000 members, 50,000 sends/s to random
+#            connection ids for 10 s (nodes allow 5,000 messages/s per connection)
 #
 # ROUNDS=n sets the proxy scenario's rounds (default 2), RATE=n its messages/s per client
 # (default 50; at 10 no CPU is saturated, which is where added latency can be read).
@@ -41,8 +43,8 @@ cd "$(dirname "$0")/.."
 
 scenario="${1:-all}"
 case "$scenario" in
-  idle | floor | broadcast | cluster | stall | tls | proxy | history | resume | batching | storm | all) ;;
-  *) echo "usage: $0 [idle|floor|broadcast|cluster|stall|tls|proxy|history|resume|batching|storm|all]" >&2; exit 2 ;;
+  idle | floor | broadcast | cluster | stall | tls | proxy | history | resume | batching | storm | direct | all) ;;
+  *) echo "usage: $0 [idle|floor|broadcast|cluster|stall|tls|proxy|history|resume|batching|storm|direct|all]" >&2; exit 2 ;;
 esac
 out="${OUT:-loadtest/results}"
 mkdir -p "$out"
@@ -195,6 +197,15 @@ run_batching() {
   stop_node
 }
 
+run_direct() {
+  WSGATE_LIMITS__MESSAGES_PER_SECOND=5000 WSGATE_LIMITS__MESSAGES_BURST=10000 start_pair
+  taskset -c 1 "$harness" direct --url "ws://127.0.0.1:$first_port/ws" \
+    --url "ws://127.0.0.1:$second_port/ws" --node-pid "$first_pid" --node-pid "$second_pid" \
+    --members 10000 --rate 50000 --duration 10s --redis-url "$redis" --out "$out/direct.json"
+  stop_node
+  stop_extra
+}
+
 run_storm() {
   printf '[server]\ndrain_delay = "0s"\ndrain_period = "0s"\n[[history]]\nrooms = ["chat:*"]\nsize = 1000\nttl = "10m"\n' \
     >"$out/storm.toml"
@@ -325,6 +336,7 @@ run_proxy() {
 case "$scenario" in
   batching) run_batching ;;
   storm) run_storm ;;
+  direct) run_direct ;;
   history) run_history ;;
   resume) run_resume ;;
   proxy) run_proxy ;;
@@ -334,5 +346,5 @@ case "$scenario" in
   floor) run_floor ;;
   broadcast) run_broadcast ;;
   cluster) run_cluster ;;
-  all) run_idle; run_floor; run_broadcast; run_cluster; run_stall; run_tls; run_proxy; run_history; run_resume; run_batching; run_storm ;;
+  all) run_idle; run_floor; run_broadcast; run_cluster; run_stall; run_tls; run_proxy; run_history; run_resume; run_batching; run_storm; run_direct ;;
 esac

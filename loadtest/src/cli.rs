@@ -40,6 +40,8 @@ pub enum Command {
     /// Members of a retained room lose their connections under load (a drained node, or a
     /// drop) and rejoin with `since`: gaps, duplicates, time until all are back.
     Resume(ResumeArgs),
+    /// `send`s to random connection ids across the nodes: sends/s, loss, latency.
+    Direct(DirectArgs),
     /// The kernel's own cost of the same fan-out with no gateway: the floor that `broadcast`
     /// figures are read against (run both in one session; the machine's speed varies).
     Floor(FloorArgs),
@@ -206,6 +208,49 @@ impl ResumeArgs {
         self.common
             .timeout
             .unwrap_or(self.duration + self.grace + TIMEOUT_MARGIN)
+    }
+}
+
+/// `direct`.
+#[derive(Debug, Clone, Args)]
+pub struct DirectArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Members (the targets), spread over the `--url`s.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub members: u64,
+    /// Sends per second, all senders together.
+    #[arg(long, default_value_t = 50_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate: u32,
+    /// Sending time.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    pub duration: Duration,
+    /// Approximate size of each send's `data`, in bytes.
+    #[arg(long, default_value_t = 100)]
+    pub size: usize,
+    /// Sender connections, spread over the `--url`s (default: one per 1,000 sends/s; the
+    /// nodes' `limits.messages_per_second` must allow rate / senders).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub senders: Option<u32>,
+    /// Wait after the last send for stragglers.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "3s")]
+    pub grace: Duration,
+    /// Redis to read `INFO commandstats` from before and after (commands per send).
+    #[arg(long)]
+    pub redis_url: Option<String>,
+}
+
+impl DirectArgs {
+    /// `--timeout`, or duration plus grace plus [`TIMEOUT_MARGIN`].
+    pub fn timeout(&self) -> Duration {
+        self.common
+            .timeout
+            .unwrap_or(self.duration + self.grace + TIMEOUT_MARGIN)
+    }
+
+    /// Sender connections: `--senders`, or one per 1,000 sends per second.
+    pub fn senders(&self) -> u32 {
+        self.senders.unwrap_or(self.rate.div_ceil(1000)).max(1)
     }
 }
 

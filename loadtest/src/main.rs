@@ -7,7 +7,8 @@
 //! echoing through a WebSocket reverse proxy, wsgate's or nginx's, or straight to the
 //! `echo-upstream` server: latency and the proxy's CPU per relayed message), `resume` (members
 //! of a retained room losing their connections under load and rejoining with `since`: gaps,
-//! duplicates, time until all are back); `certs` writes a
+//! duplicates, time until all are back), `direct` (sends to random connection ids across
+//! the nodes); `certs` writes a
 //! test CA and certificate for wss:// runs. Client sockets are spread over worker processes (one process may
 //! hold only 20,000 files here) and over source addresses in 127.0.0.0/8. Meant for local
 //! nodes; every run is bounded in time. Exits non-zero only on harness errors (nothing could
@@ -17,6 +18,7 @@ mod broadcast;
 mod certs;
 mod cli;
 mod client;
+mod direct;
 mod floor;
 mod idle;
 mod probe;
@@ -39,6 +41,7 @@ fn main() -> ExitCode {
         cli::Command::Idle(args) => runtime().and_then(|rt| rt.block_on(idle::run(args))),
         cli::Command::Broadcast(args) => runtime().and_then(|rt| rt.block_on(broadcast::run(args))),
         cli::Command::Resume(args) => runtime().and_then(|rt| rt.block_on(resume::run(args))),
+        cli::Command::Direct(args) => runtime().and_then(|rt| rt.block_on(direct::run(args))),
         cli::Command::Floor(args) => floor::run(args),
         cli::Command::Proxy(args) => runtime().and_then(|rt| rt.block_on(proxy::run(args))),
         cli::Command::EchoUpstream(args) => runtime().and_then(|rt| rt.block_on(proxy::echo(args))),

@@ -45,6 +45,8 @@ pub struct Ready {
     pub connect_us: Histogram<u64>,
     /// First error any worker saw.
     pub error: Option<String>,
+    /// The members' connection ids, when asked for.
+    pub ids: Vec<String>,
 }
 
 /// What all workers reported at the end.
@@ -107,17 +109,17 @@ pub async fn start(
     room: Option<&str>,
     deadline: Instant,
 ) -> anyhow::Result<(Workers, Ready)> {
-    start_members(common, total, room, deadline, (false, false)).await
+    start_members(common, total, room, deadline, (false, false, false)).await
 }
 
 /// [`start`], with `resume` members when asked (see [`crate::resumer`]), all starting on
-/// the first URL when `start_first`.
+/// the first URL when `start_first`, and reporting their connection ids when `report_ids`.
 pub async fn start_members(
     common: &Common,
     total: usize,
     room: Option<&str>,
     deadline: Instant,
-    (resume, start_first): (bool, bool),
+    (resume, start_first, report_ids): (bool, bool, bool),
 ) -> anyhow::Result<(Workers, Ready)> {
     let plan = shares(total, worker_count(common, total));
     let exe = std::env::current_exe().context("finding the harness executable")?;
@@ -137,6 +139,7 @@ pub async fn start_members(
             hard_ms: (remaining + COLLECT_TIMEOUT * 2).as_millis() as u64,
             resume,
             start_first,
+            report_ids,
         };
         let mut child = tokio::process::Command::new(&exe)
             .arg("worker")
@@ -181,6 +184,7 @@ pub async fn start_members(
         failed: 0,
         connect_us: histogram(),
         error: None,
+        ids: Vec::new(),
     };
     let mut progress = vec![0usize; plan.len()];
     let mut pending = vec![true; plan.len()];
@@ -200,10 +204,12 @@ pub async fn start_members(
                     failed,
                     connect_us,
                     error,
+                    ids,
                 },
             ) if pending[i] => {
                 pending[i] = false;
                 progress[i] = connected;
+                ready.ids.extend(ids);
                 ready.connected += connected;
                 ready.failed += failed;
                 merge(&mut ready.connect_us, &connect_us);

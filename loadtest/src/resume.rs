@@ -41,7 +41,7 @@ pub async fn run(args: ResumeArgs) -> anyhow::Result<()> {
         requested,
         Some(&args.room),
         deadline,
-        (true, args.drain_pid.is_some()),
+        (true, args.drain_pid.is_some(), false),
     )
     .await?;
     if ready.connected == 0 {

@@ -49,6 +49,9 @@ pub struct Job {
     /// to the others; otherwise connection `i` starts on `urls[i % len]`.
     #[serde(default)]
     pub start_first: bool,
+    /// Report every member's connection id when ready (the `direct` scenario's targets).
+    #[serde(default)]
+    pub report_ids: bool,
 }
 
 /// A line a worker prints.
@@ -72,6 +75,9 @@ pub enum Report {
         connect_us: Vec<(u64, u64)>,
         /// First error seen, if any.
         error: Option<String>,
+        /// The members' connection ids, when the job asks (`direct` sends to them).
+        #[serde(default)]
+        ids: Vec<String>,
     },
     /// Final counts after `stop`.
     Done {
@@ -138,7 +144,7 @@ struct Data {
 /// harness must read faster than the node writes, or its own lag shows up as the node's
 /// latency. Anything else goes through serde.
 pub fn parse_delivery(text: &str) -> Option<(u64, u64)> {
-    if text.starts_with("{\"type\":\"message\"") {
+    if text.starts_with("{\"type\":\"message\"") || text.starts_with("{\"type\":\"direct\"") {
         let number_after = |key: &str| -> Option<u64> {
             let start = text.find(key)? + key.len();
             let digits = text[start..].bytes().take_while(u8::is_ascii_digit).count();
@@ -149,7 +155,7 @@ pub fn parse_delivery(text: &str) -> Option<(u64, u64)> {
         }
     }
     let f: Frame = serde_json::from_str(text).ok()?;
-    if f.kind != "message" {
+    if f.kind != "message" && f.kind != "direct" {
         return None;
     }
     f.data.map(|d| (d.seq, d.t))
@@ -183,6 +189,7 @@ impl Seen {
 /// Counters every connection task of the worker updates.
 pub struct Shared {
     connected: AtomicUsize,
+    ids: Mutex<Vec<String>>,
     failed: AtomicUsize,
     connect_us: Mutex<Histogram<u64>>,
     first_error: Mutex<Option<String>>,
@@ -253,6 +260,7 @@ async fn run(job: Job, mut lines: Lines<BufReader<Stdin>>) -> anyhow::Result<()>
     anyhow::ensure!(!targets.is_empty(), "no URL");
     let shared = Arc::new(Shared {
         connected: AtomicUsize::new(0),
+        ids: Mutex::default(),
         failed: AtomicUsize::new(0),
         connect_us: Mutex::new(histogram()),
         first_error: Mutex::default(),
@@ -327,6 +335,11 @@ async fn run(job: Job, mut lines: Lines<BufReader<Stdin>>) -> anyhow::Result<()>
         failed: shared.failed.load(Ordering::Relaxed),
         connect_us: pairs(&lock(&shared.connect_us)),
         error: lock(&shared.first_error).clone(),
+        ids: if job.report_ids {
+            std::mem::take(&mut *lock(&shared.ids))
+        } else {
+            Vec::new()
+        },
     });
     // Hold until the parent says stop (or goes away), or the hard deadline. `drop` makes
     // resume members drop their connections and rejoin; `stop N` gives them the last offset.
@@ -364,9 +377,9 @@ async fn run(job: Job, mut lines: Lines<BufReader<Stdin>>) -> anyhow::Result<()>
     Ok(())
 }
 
-/// Opens a connection and joins `room` (waiting for the ack).
-async fn open(target: &Target, index: usize, room: Option<&str>) -> anyhow::Result<Ws> {
-    let (mut ws, _id) = client::connect(target, index).await?;
+/// Opens a connection and joins `room` (waiting for the ack); the socket and its id.
+async fn open(target: &Target, index: usize, room: Option<&str>) -> anyhow::Result<(Ws, String)> {
+    let (mut ws, id) = client::connect(target, index).await?;
     if let Some(room) = room {
         let join = serde_json::json!({"action": "join", "room": room, "id": 1});
         ws.send(Message::text(join.to_string())).await?;
@@ -388,7 +401,7 @@ async fn open(target: &Target, index: usize, room: Option<&str>) -> anyhow::Resu
         .await
         .context("no join ack")??;
     }
-    Ok(ws)
+    Ok((ws, id))
 }
 
 /// One member: connects, then reads until stopped, recording deliveries.
@@ -409,7 +422,10 @@ async fn connection(
     .await;
     drop(permit);
     let mut ws = match opened {
-        Ok(Ok(ws)) => ws,
+        Ok(Ok((ws, id))) => {
+            lock(&shared.ids).push(id);
+            ws
+        }
         Ok(Err(e)) => return shared.fail(1, format!("{e:#}")),
         Err(_) => return shared.fail(1, "connect deadline passed".to_owned()),
     };
@@ -467,8 +483,13 @@ mod tests {
         // Another key order of the frame itself.
         let m = r#"{"data":{"seq":5,"t":6},"from":"a","room":"b","type":"message"}"#;
         assert_eq!(parse_delivery(m), Some((5, 6)));
+        // Direct messages (the `direct` scenario) count like room messages.
         assert_eq!(
-            parse_delivery(r#"{"data":{"seq":5,"t":6},"type":"direct"}"#),
+            parse_delivery(r#"{"type":"direct","from":"a","data":{"seq":5,"t":6}}"#),
+            Some((5, 6))
+        );
+        assert_eq!(
+            parse_delivery(r#"{"data":{"seq":5,"t":6},"type":"route_response"}"#),
             None
         );
         assert_eq!(parse_delivery(r#"{"type":"ack","id":1}"#), None);
@@ -504,6 +525,7 @@ mod tests {
             failed: 1,
             connect_us: vec![(10, 2), (20, 1)],
             error: Some("x".into()),
+            ids: Vec::new(),
         })
         .unwrap();
         assert!(line.starts_with(r#"{"event":"ready""#));

@@ -1,4 +1,4 @@
-//! Seconds-long runs of the `resume` scenario against real nodes: the harness works end to
+//! Seconds-long runs of the `resume` and `direct` scenarios against real nodes: the harness works end to
 //! end, and the recovery it measures has no gap and no duplicate (on this scale; the figures
 //! in RESULTS.md come from `loadtest/bench.sh resume`).
 
@@ -80,4 +80,46 @@ async fn dropped_members_resume_on_an_embedded_node() {
         .await
         .unwrap();
     assert_recovered(&f);
+}
+
+/// A seconds-long `direct` run on an embedded node: every send reaches its target once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_sends_reach_their_targets() {
+    let node = Node::start("[limits]\nmessages_per_second = 1000\nmessages_burst = 2000\n").await;
+    let url = node.ws_url();
+    let f = tokio::task::spawn_blocking(move || {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("direct.json");
+        let status = Command::new(env!("CARGO_BIN_EXE_wsgate-loadtest"))
+            .args(["direct", "--url", &url, "--members", "50", "--rate", "400"])
+            .args([
+                "--duration",
+                "2s",
+                "--grace",
+                "1s",
+                "--timeout",
+                "60s",
+                "--out",
+            ])
+            .arg(&out)
+            .status()
+            .expect("running wsgate-loadtest");
+        assert!(status.success());
+        let result: Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+        result["figures"].clone()
+    })
+    .await
+    .unwrap();
+    assert_eq!(f["members"], 50, "{f}");
+    assert_eq!(f["sends"], 800, "{f}");
+    assert_eq!(
+        (f["delivered"].as_u64(), f["lost"].as_u64()),
+        (Some(800), Some(0)),
+        "{f}"
+    );
+    assert_eq!(
+        (f["duplicates"].as_u64(), f["sends_refused"].as_u64()),
+        (Some(0), Some(0)),
+        "{f}"
+    );
 }
