@@ -125,6 +125,9 @@ pub struct Session {
     last_seen: Instant,
     last_message: Instant,
     next_ping: Instant,
+    /// When the batch waiting on `server.write_delay` must be written (the session's timer
+    /// fires for it).
+    write_due: Option<Instant>,
     token_deadline: Option<Instant>,
     /// The socket, to wait for writability when it pushes back.
     write: ClientSocket,
@@ -187,6 +190,7 @@ impl Session {
         Session {
             rate: RateLimiter::new(limits.messages_per_second, limits.messages_burst, now),
             next_ping: now + app.config.server.heartbeat,
+            write_due: None,
             sends,
             calls: FuturesUnordered::new(),
             peer_close: None,
@@ -321,33 +325,25 @@ impl Session {
         let hard_stop = self.app.hard_stop.clone();
         let stopped = hard_stop.cancelled();
         tokio::pin!(stopped);
-        // When the batch waiting on `server.write_delay` must be written.
-        let batch = tokio::time::sleep_until(tokio::time::Instant::now());
-        tokio::pin!(batch);
-        let mut batch_armed = false;
+
         loop {
             tokio::select! {
                 biased;
                 () = &mut stopped => return End::Broken,
                 () = self.conn.outbound.ready() => {
                     // With `server.write_delay` a batch leaves when it is due (a close at once).
+                    // The session's one timer (below) then fires for it: no timer of its own
+                    // per connection.
                     match self.conn.outbound.flush_due() {
                         Some(due) if self.conn.outbound.close_requested().is_none()
                             && due > std::time::Instant::now() => {
-                            batch.as_mut().reset(due.into());
-                            batch_armed = true;
+                            self.write_due = Some(due.into());
                         }
                         _ => {
                             if let Some(end) = self.on_writable() {
                                 return end;
                             }
                         }
-                    }
-                }
-                () = &mut batch, if batch_armed => {
-                    batch_armed = false;
-                    if let Some(end) = self.on_writable() {
-                        return end;
                     }
                 }
                 r = self.write.writable(), if self.blocked => {
@@ -370,6 +366,12 @@ impl Session {
                     }
                 }
                 () = &mut sleep => {
+                    if self.write_due.is_some_and(|due| Instant::now() >= due) {
+                        self.write_due = None;
+                        if let Some(end) = self.on_writable() {
+                            return end;
+                        }
+                    }
                     if let Some(end) = self.on_timer().await {
                         return end;
                     }
@@ -395,6 +397,9 @@ impl Session {
             d = d.min(self.started + server.max_connection_duration);
         }
         if let Some(t) = self.token_deadline {
+            d = d.min(t);
+        }
+        if let Some(t) = self.write_due {
             d = d.min(t);
         }
         d
