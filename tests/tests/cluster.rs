@@ -104,6 +104,20 @@ async fn three_nodes_are_one_gateway() {
         c.recv().await,
         json!({"type":"direct","from":a.id(),"data":"psst"})
     );
+    // A burst of sends to another node, not awaited one by one: each leaves in order behind
+    // the others, and the acks come in request order.
+    for n in 0..50 {
+        a.send(json!({"action":"send","to":c.id(),"data":n,"id":format!("b{n}")}))
+            .await;
+    }
+    for n in 0..50 {
+        let ack = a.recv().await;
+        assert_eq!(
+            (ack["type"].as_str(), ack["id"].clone()),
+            (Some("ack"), json!(format!("b{n}")))
+        );
+        assert_eq!(c.recv().await["data"], n, "sends arrive in the order sent");
+    }
 
     // The management API of any node reaches any connection.
     let (status, body) = nodes[1].get(&format!("/@connections/{}", c.id())).await;

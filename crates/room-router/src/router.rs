@@ -748,15 +748,37 @@ impl Router {
         data: Payload,
         from: Option<ConnectionId>,
     ) -> Result<(), SendError> {
+        self.start_send(to, data, from).await
+    }
+
+    /// [`Router::send`], started now: a local target has it on return, and a remote one's
+    /// envelope is on its way (in order behind this node's earlier sends); the future gives
+    /// the outcome. A client's sends are started as they arrive and answered in order, so
+    /// they do not wait for each other's round trips.
+    pub fn start_send(
+        &self,
+        to: &ConnectionId,
+        data: Payload,
+        from: Option<ConnectionId>,
+    ) -> BoxFuture<'static, Result<(), SendError>> {
+        let done = |r: Result<(), SendError>| -> BoxFuture<'static, Result<(), SendError>> {
+            Box::pin(std::future::ready(r))
+        };
         let frame = ServerFrame::Direct { from, data };
         let max = self.options.max_message_bytes;
         if let Some(conn) = self.local.registry.get(to.as_str()) {
             if conn.info.kind == SessionKind::Proxy {
-                return Err(SendError::Proxied(to.to_string()));
+                return done(Err(SendError::Proxied(to.to_string())));
             }
-            return Ok(self.local.push_direct(&conn, &frame, max)?);
+            return done(
+                self.local
+                    .push_direct(&conn, &frame, max)
+                    .map_err(Into::into),
+            );
         }
-        check_size(&mut Encodings::new(&frame, self.options.framer), max)?;
+        if let Err(e) = check_size(&mut Encodings::new(&frame, self.options.framer), max) {
+            return done(Err(e.into()));
+        }
         let ServerFrame::Direct { from, data } = frame else {
             unreachable!("built as a direct frame above")
         };
@@ -769,10 +791,14 @@ impl Router {
             },
             traceparent: None,
         };
-        match self.bus.route_to_connection(to, envelope).await? {
-            true => Ok(()),
-            false => Err(SendError::NotFound(to.to_string())),
-        }
+        let routed = self.bus.route_to_connection(to, envelope);
+        let to = to.to_string();
+        Box::pin(async move {
+            match routed.await? {
+                true => Ok(()),
+                false => Err(SendError::NotFound(to)),
+            }
+        })
     }
 
     /// Closes a connection with `code`, on whichever node holds it.

@@ -72,11 +72,11 @@ impl Bus for SeamBus {
     fn connection_closed(&self, id: &ConnectionId) {
         self.inner.connection_closed(id)
     }
-    fn route_to_connection<'a>(
-        &'a self,
-        to: &'a ConnectionId,
+    fn route_to_connection(
+        &self,
+        to: &ConnectionId,
         envelope: Envelope,
-    ) -> BoxFuture<'a, Result<bool, BusError>> {
+    ) -> BoxFuture<'static, Result<bool, BusError>> {
         self.inner.route_to_connection(to, envelope)
     }
     fn remote_connection<'a>(

@@ -621,18 +621,22 @@ impl Session {
                         outcome: Outcome::Sent(result),
                     });
                 } else {
-                    let refused_id = id.clone();
                     let size = data.raw_len();
+                    if !self.sends.fits(size) {
+                        self.too_many_waiting(id);
+                        return None;
+                    }
+                    // Started now (its envelope leaves in order behind the earlier ones),
+                    // answered in order.
+                    let sending = router.start_send(&to, data, from);
                     let send: Pending = Box::pin(async move {
-                        let result = router.send(&to, data, from).await;
                         Done {
                             id,
-                            outcome: Outcome::Sent(result),
+                            outcome: Outcome::Sent(sending.await),
                         }
                     });
-                    if self.sends.push(send, size).is_err() {
-                        self.too_many_waiting(refused_id);
-                    }
+                    // Fits: checked above, and nothing was queued since.
+                    let _ = self.sends.push(send, size);
                 }
             }
             ClientFrame::Refresh { id, token } => return self.refresh(id, &token).await,

@@ -1,12 +1,13 @@
 //! A connection's requests that wait on the cluster, run one at a time, in order, beside its
 //! session: `send`s to other nodes, and publishes and joins in retained rooms.
 //!
-//! A `send` to a connection on another node waits on Redis (a lookup, then a publish); a
-//! retained publish waits for its offset, a join with history for the room's history. The
-//! session must not: while Redis answers it keeps reading frames, flushing its queue and
-//! answering pings. So each becomes a future held here, which the session polls in its
-//! `select!` next to everything else. They run one at a time so that two sends from one
-//! client reach their targets in the order sent and acks come in request order, and at most
+//! A `send` to a connection on another node waits on Redis (the affinity lookup and the
+//! publish); a retained publish waits for its offset, a join with history for the room's
+//! history. The session must not: while Redis answers it keeps reading frames, flushing its
+//! queue and answering pings. So each becomes a future held here, which the session polls in
+//! its `select!` next to everything else. Sends and publishes are started when their frame
+//! arrives (their envelopes leave in order); their answers are awaited here one at a time, so
+//! acks come in request order, and at most
 //! [`MAX_WAITING`] requests holding at most `limits.outbound_queue_bytes` of payload wait:
 //! past that the client is told the cluster is not keeping up, and nothing queues without
 //! bound.

@@ -175,20 +175,24 @@ impl Bus for LocalBus {
 
     fn connection_closed(&self, _id: &ConnectionId) {}
 
-    fn route_to_connection<'a>(
-        &'a self,
-        to: &'a ConnectionId,
+    fn route_to_connection(
+        &self,
+        to: &ConnectionId,
         envelope: Envelope,
-    ) -> BoxFuture<'a, Result<bool, BusError>> {
-        Box::pin(async move {
-            for (_, sink) in self.hub.others(&self.node) {
-                if sink.connection_view(to).is_some() {
-                    sink.deliver(envelope);
-                    return Ok(true);
-                }
+    ) -> BoxFuture<'static, Result<bool, BusError>> {
+        let holder = self
+            .hub
+            .others(&self.node)
+            .into_iter()
+            .find(|(_, sink)| sink.connection_view(to).is_some());
+        let found = match holder {
+            Some((_, sink)) => {
+                sink.deliver(envelope);
+                true
             }
-            Ok(false)
-        })
+            None => false,
+        };
+        Box::pin(std::future::ready(Ok(found)))
     }
 
     fn remote_connection<'a>(

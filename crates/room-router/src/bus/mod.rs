@@ -112,12 +112,14 @@ pub trait Bus: Send + Sync + 'static {
     fn connection_closed(&self, id: &ConnectionId);
 
     /// Delivers a direct or disconnect envelope to whichever other node holds `to`.
-    /// `Ok(false)`: no node holds it.
-    fn route_to_connection<'a>(
-        &'a self,
-        to: &'a ConnectionId,
+    /// `Ok(false)`: no node holds it. The envelope is on its way before this returns (queued
+    /// in order behind the caller's earlier ones where the bus pipelines), so one caller's
+    /// sends keep their order however their answers are awaited.
+    fn route_to_connection(
+        &self,
+        to: &ConnectionId,
         envelope: Envelope,
-    ) -> BoxFuture<'a, Result<bool, BusError>>;
+    ) -> BoxFuture<'static, Result<bool, BusError>>;
 
     /// A connection held by another node.
     fn remote_connection<'a>(

@@ -11,7 +11,13 @@ impl Keys {
         format!("{}:room:{{{}}}", self.prefix, room)
     }
     pub(super) fn node(&self, node: &str) -> String {
-        format!("{}:node:{{{}}}", self.prefix, node)
+        let (head, tail) = self.node_parts();
+        format!("{head}{node}{tail}")
+    }
+    /// What comes before and after a node's name in its channel (the direct-send script
+    /// builds the channel of the node it reads).
+    pub(super) fn node_parts(&self) -> (String, &'static str) {
+        (format!("{}:node:{{", self.prefix), "}")
     }
     pub(super) fn history(&self, room: &str) -> String {
         format!("{}:hist:{{{}}}", self.prefix, room)

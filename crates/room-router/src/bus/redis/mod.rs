@@ -81,6 +81,7 @@ pub struct RedisOptions {
 }
 
 mod affinity;
+mod direct;
 mod history;
 mod keys;
 mod presence;
@@ -473,27 +474,44 @@ impl Bus for RedisBus {
         self.inner.affinity.closed(id);
     }
 
-    fn route_to_connection<'a>(
-        &'a self,
-        to: &'a ConnectionId,
+    fn route_to_connection(
+        &self,
+        to: &ConnectionId,
         envelope: Envelope,
-    ) -> BoxFuture<'a, Result<bool, BusError>> {
+    ) -> BoxFuture<'static, Result<bool, BusError>> {
+        if !self.inner.sharded {
+            // One script in the publish pipeline reads the affinity record and publishes to
+            // its node: one round trip, queued now, in order with this node's other
+            // publishes.
+            let (reply, answer) = oneshot::channel();
+            let out = Outgoing::Direct(direct::DirectSend {
+                conn_key: self.inner.keys.conn(to.as_str()),
+                envelope: Bytes::from(envelope.encode()),
+                reply,
+            });
+            if self.inner.publisher.enqueue(out).is_err() {
+                return Box::pin(std::future::ready(Err(BusError::Overloaded)));
+            }
+            return Box::pin(async move { answer.await.unwrap_or(Err(BusError::Down)) });
+        }
+        // Redis Cluster: the record and the node's shard channel live on different shards,
+        // so it is a read, then a publish.
+        let inner = self.inner.clone();
+        let to = to.clone();
         Box::pin(async move {
-            let node: Option<String> = self
-                .inner
+            let node: Option<String> = inner
                 .client
-                .get(self.inner.keys.conn(to.as_str()))
+                .get(inner.keys.conn(to.as_str()))
                 .await
                 .map_err(backend("reading an affinity record"))?;
             let Some(node) = node else { return Ok(false) };
-            if node == self.inner.opts.node.as_str() {
+            if node == inner.opts.node.as_str() {
                 // The router looked here first: a record naming this node for a connection
                 // it does not hold is stale (its delete has not reached Redis yet).
                 return Ok(false);
             }
-            let receivers: i64 = self
-                .inner
-                .publish_to(self.inner.keys.node(&node), envelope.encode())
+            let receivers: i64 = inner
+                .publish_to(inner.keys.node(&node), envelope.encode())
                 .await
                 .map_err(backend("publishing to another node"))?;
             Ok(receivers > 0)

@@ -2,6 +2,7 @@
 //! Retained rooms' publishes ride the same queue as their script, so one node's publishes
 //! reach Redis in the order they were made, whichever kind they are.
 
+use super::direct::DirectSend;
 use super::history::RetainedPublish;
 use super::*;
 
@@ -11,6 +12,8 @@ pub(super) enum Outgoing {
     Plain(String, Bytes),
     /// A retained room's envelope, published by the history script.
     Retained(RetainedPublish),
+    /// A direct or disconnect envelope, routed by the direct-send script.
+    Direct(DirectSend),
 }
 
 impl Outgoing {
@@ -18,13 +21,20 @@ impl Outgoing {
         match self {
             Outgoing::Plain(_, b) => b.len(),
             Outgoing::Retained(r) => r.envelope.len(),
+            Outgoing::Direct(d) => d.envelope.len(),
         }
     }
 
-    /// Tells a retained publish's caller it failed.
+    /// Tells a waiting caller (retained publish, direct send) it failed.
     fn fail(self, error: impl FnOnce() -> BusError) {
-        if let Outgoing::Retained(r) = self {
-            let _ = r.reply.send(Err(error()));
+        match self {
+            Outgoing::Retained(r) => {
+                let _ = r.reply.send(Err(error()));
+            }
+            Outgoing::Direct(d) => {
+                let _ = d.reply.send(Err(error()));
+            }
+            Outgoing::Plain(..) => {}
         }
     }
 }
@@ -120,6 +130,10 @@ impl Inner {
                         self.queue_retained(&pipeline, r).await;
                         Ok(())
                     }
+                    Outgoing::Direct(d) => {
+                        self.queue_direct(&pipeline, d).await;
+                        Ok(())
+                    }
                 };
             }
             let results = pipeline.try_all::<Value>().await;
@@ -142,6 +156,12 @@ impl Inner {
                     (Outgoing::Plain(..), Err(e)) => {
                         self.dropped.fetch_add(1, Ordering::Relaxed);
                         tracing::debug!(error = %e, "publish to redis failed");
+                    }
+                    (Outgoing::Direct(d), result) => {
+                        let sent = result
+                            .map_err(backend("sending to a connection on another node"))
+                            .and_then(super::direct::delivered);
+                        let _ = d.reply.send(sent);
                     }
                     (Outgoing::Retained(r), result) => {
                         let position = result
