@@ -10,7 +10,8 @@
 //!   which expires `3 × node_heartbeat` after its last heartbeat: liveness is that expiry, by
 //!   Redis's clock, never a comparison of node clocks; a dead node leaves nothing.
 //! - **Affinity**: `{cluster}:conn:<id>` → node, with a TTL, written before the welcome,
-//!   refreshed in pipelined batches, deleted on close.
+//!   refreshed in pipelined batches, deleted on close; a direct send reads it and publishes to
+//!   the owning node in one script, queued in order in the publish pipeline (`direct`).
 //! - **Presence**: a set of member ids per room and node, written in batches, read for
 //!   `GET /rooms/{room}` from live nodes only (`presence`).
 //! - **History**: a stream and a position per retained room, written by one script that also
@@ -27,6 +28,7 @@
 //! - `affinity`: connection records, written, refreshed, deleted, re-registered.
 //! - `presence`: room member sets, written, refreshed, rewritten after a reconnect.
 //! - `history`: the retained rooms' scripts and history reads.
+//! - `direct`: the direct-send script (affinity lookup and publish in one round trip).
 //! - `registry`: node heartbeats and liveness.
 //! - `queries`: asking other nodes (connection views), and the bound on answering them.
 //! - `reader`: incoming envelopes; room deliveries handed to one fan-out worker per CPU by

@@ -1,6 +1,6 @@
 //! Publishing room envelopes: a queue bounded in count and in bytes, drained in pipelines.
-//! Retained rooms' publishes ride the same queue as their script, so one node's publishes
-//! reach Redis in the order they were made, whichever kind they are.
+//! Retained rooms' publishes and direct sends ride the same queue as their scripts, so one
+//! node's publishes reach Redis in the order they were made, whichever kind they are.
 
 use super::direct::DirectSend;
 use super::history::RetainedPublish;
