@@ -45,8 +45,15 @@ impl Redis {
             port: free_port(),
             extra: extra.iter().map(|a| a.to_string()).collect(),
         };
-        r.restart().await;
-        r
+        // A free port can be taken by another test's server between the probe and the bind:
+        // then ours exits and the answer came from theirs. Try another port.
+        for _ in 0..5 {
+            if r.launch().await {
+                return r;
+            }
+            r.port = free_port();
+        }
+        panic!("could not start a redis-server of our own on a free port");
     }
 
     /// `redis://127.0.0.1:PORT`.
@@ -75,6 +82,16 @@ impl Redis {
 
     /// Starts it again on the same port, empty.
     pub async fn restart(&mut self) {
+        assert!(
+            self.launch().await,
+            "redis-server could not take port {} again: another process holds it",
+            self.port
+        );
+    }
+
+    /// Starts the server on `self.port` and waits until it answers; false when the answer
+    /// came from another process on that port (ours could not bind it).
+    async fn launch(&mut self) -> bool {
         self.kill();
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string()])
@@ -95,12 +112,47 @@ impl Redis {
                 if s.read_exact(&mut buf).await.is_ok()
                     && (&buf == b"+PONG\r\n" || buf.starts_with(b"-NOAUTH"))
                 {
-                    return;
+                    return self.answered_by_ours(&buf == b"+PONG\r\n").await;
                 }
             }
             assert!(start.elapsed() < WAIT, "redis-server did not start");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+}
+
+impl Redis {
+    /// Whether the server answering on our port is our child: its `process_id` when it takes
+    /// commands without a password, else that our child is still running a moment later (a
+    /// server that failed to bind exits at once).
+    async fn answered_by_ours(&mut self, open: bool) -> bool {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let Some(pid) = self.child.as_ref().map(Child::id) else {
+            return false;
+        };
+        if open {
+            if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await {
+                let _ = s.write_all(b"INFO server\r\n").await;
+                let mut buf = vec![0u8; 8192];
+                let mut got = Vec::new();
+                while !String::from_utf8_lossy(&got).contains("process_id:")
+                    || !got.ends_with(b"\r\n\r\n")
+                {
+                    match tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await {
+                        Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+                        _ => break,
+                    }
+                }
+                let text = String::from_utf8_lossy(&got);
+                if let Some(line) = text.lines().find_map(|l| l.strip_prefix("process_id:")) {
+                    return line.trim() == pid.to_string();
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 }
 

@@ -680,7 +680,10 @@ async fn nodes_with_skewed_clocks_stay_registered() {
     for _ in 0..25 {
         for (i, node) in nodes.iter().enumerate() {
             let (_, v) = node.get("/cluster").await;
-            assert_eq!(v["nodes"].as_array().unwrap().len(), 3, "node {i} sees {v}");
+            if v["nodes"].as_array().unwrap().len() != 3 {
+                let logs: Vec<Vec<String>> = nodes.iter().map(Node::logs).collect();
+                panic!("node {i} sees {v}; node logs: {logs:#?}");
+            }
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -752,4 +755,35 @@ async fn a_percent_encoded_redis_password_is_decoded() {
     let wrong = format!("redis://:wrong@127.0.0.1:{}", redis.port);
     let err = start_refused(&["--redis-url", &wrong], &[]);
     assert!(err.contains("cluster.redis_url"), "{err}");
+}
+
+/// A node is listed by the others as soon as it is up, not a heartbeat later: its bus starts
+/// before its router attaches, and the first heartbeat waits for that rather than for the
+/// next tick (30 s here).
+#[tokio::test]
+async fn a_new_node_is_listed_at_once() {
+    let redis = Redis::start().await;
+    let name = cluster_name();
+    let config =
+        config(&redis, &name).replace("node_heartbeat = \"200ms\"", "node_heartbeat = \"30s\"");
+    assert!(config.contains("node_heartbeat = \"30s\""));
+    let nodes = [
+        Node::start(&config).await,
+        Node::start(&config).await,
+        Node::start(&config).await,
+    ];
+    let started = std::time::Instant::now();
+    for (i, node) in nodes.iter().enumerate() {
+        loop {
+            let (_, v) = node.get("/cluster").await;
+            if v["nodes"].as_array().unwrap().len() == 3 {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(3),
+                "node {i} still sees {v}: a node waited a heartbeat to register"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 }

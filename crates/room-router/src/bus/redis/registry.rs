@@ -20,7 +20,14 @@ impl Inner {
                 () = self.cancel.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            let Some(sink) = self.sink() else { continue };
+            let Some(sink) = self.sink() else {
+                // Not attached to its router yet (the bus starts first): register as soon as
+                // it is, not a whole heartbeat later, or a node that is ready would be missing
+                // from `GET /cluster` for up to `node_heartbeat`.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                tick.reset_immediately();
+                continue;
+            };
             let view = sink.node_view();
             let info = format!("{},{}", view.connections, view.rooms);
             let live_ms = self.live_ms();
