@@ -1,4 +1,6 @@
-//! Asking other nodes (a connection's view, a room's members) and answering them.
+//! Asking other nodes for a connection's view, and answering their questions (a room's
+//! members too, for nodes of an older version during a rolling upgrade: this one reads them
+//! from Redis, see `presence`).
 
 use super::*;
 
