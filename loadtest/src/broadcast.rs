@@ -162,43 +162,16 @@ pub async fn run(args: BroadcastArgs) -> anyhow::Result<()> {
     // The offered window: `sent` publishes at `rate` per second.
     let window_secs = sent as f64 / f64::from(args.rate);
     tokio::time::sleep_until((Instant::now() + args.grace).min(deadline).into()).await;
-    let harness_cpu = match (
-        harness_before,
-        procstat::cpu_total(&worker_pids).ok().flatten(),
-    ) {
-        (Some(b), Some(a)) => Some(a - b),
-        _ => None,
-    };
+    let harness_cpu = procstat::cpu_since(harness_before, &worker_pids);
     // The share of a core each worker used while CPU was measured (publishing and grace).
     let measured_secs = measured_from.elapsed().as_secs_f64();
     let harness_share = harness_cpu
         .filter(|_| measured_secs > 0.0)
         .map(|c| c / measured_secs / worker_pids.len().max(1) as f64);
-    let cpu = match (
-        cpu_before,
-        procstat::at_end("CPU", procstat::cpu_total(pids)),
-    ) {
-        (Some(b), Some(a)) => Some(a - b),
-        _ => None,
-    };
+    let cpu = procstat::cpu_since(cpu_before, pids);
     let rss = procstat::at_end("RSS", procstat::rss_total(pids));
-    let redis = match (&args.redis_url, redis_before) {
-        (Some(u), Some(before)) => match redis_stats::commandstats(u).await {
-            Ok(after) => Some(redis_stats::delta(&before, &after)),
-            Err(e) => {
-                eprintln!("wsgate-loadtest: reading Redis stats at the end: {e:#}");
-                None
-            }
-        },
-        _ => None,
-    };
-    // Stop reading first: the node's answer to our own close is not a publisher error.
-    for d in drains {
-        d.abort();
-    }
-    for sink in &mut sinks {
-        let _ = tokio::time::timeout(Duration::from_secs(2), sink.close()).await;
-    }
+    let redis = redis_stats::since(args.redis_url.as_deref(), redis_before).await;
+    client::close_senders(drains, &mut sinks).await;
     let done = report::stop(workers).await;
 
     let members = ready.connected as u64;

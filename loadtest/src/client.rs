@@ -189,6 +189,21 @@ pub fn answer(text: &str) -> Option<(Option<u64>, Result<(), String>)> {
     }
 }
 
+/// Ends the harness's own sending connections: their readers first (the node's answer to our
+/// close is not an error), then a close on each, bounded.
+pub async fn close_senders(
+    readers: Vec<tokio::task::JoinHandle<()>>,
+    sinks: &mut [futures_util::stream::SplitSink<Ws, Message>],
+) {
+    for r in readers {
+        r.abort();
+    }
+    for sink in sinks {
+        let _ =
+            tokio::time::timeout(Duration::from_secs(2), futures_util::SinkExt::close(sink)).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

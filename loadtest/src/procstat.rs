@@ -72,6 +72,13 @@ pub fn at_end<T>(what: &str, reading: anyhow::Result<Option<T>>) -> Option<T> {
     })
 }
 
+/// The CPU seconds the `pids` used since `before` (a [`cpu_total`] reading), read now with
+/// [`at_end`]'s rules; `None` when there was no first reading.
+pub fn cpu_since(before: Option<f64>, pids: &[u32]) -> Option<f64> {
+    let before = before?;
+    at_end("CPU", cpu_total(pids)).map(|after| after - before)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -82,6 +82,22 @@ pub fn parse(info: &str) -> anyhow::Result<BTreeMap<String, u64>> {
     Ok(out)
 }
 
+/// The commands Redis ran since `before` (a [`commandstats`] reading of `url`); `None` without
+/// one, or when Redis cannot be read now (said on stderr: the run's other figures stand).
+pub async fn since(
+    url: Option<&str>,
+    before: Option<BTreeMap<String, u64>>,
+) -> Option<BTreeMap<String, u64>> {
+    let (url, before) = (url?, before?);
+    match commandstats(url).await {
+        Ok(after) => Some(delta(&before, &after)),
+        Err(e) => {
+            eprintln!("wsgate-loadtest: reading Redis stats at the end: {e:#}");
+            None
+        }
+    }
+}
+
 /// Per-command differences `after - before`, without zero rows.
 pub fn delta(
     before: &BTreeMap<String, u64>,

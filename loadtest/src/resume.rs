@@ -11,7 +11,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context;
 use futures_util::{SinkExt, StreamExt};
@@ -118,26 +118,9 @@ pub async fn run(args: ResumeArgs) -> anyhow::Result<()> {
     }
     pb.finish_and_clear();
     tokio::time::sleep_until((Instant::now() + args.grace).min(deadline).into()).await;
-    let cpu = match (
-        cpu_before,
-        procstat::at_end("CPU", procstat::cpu_total(&common.node_pids)),
-    ) {
-        (Some(b), Some(a)) => Some(a - b),
-        _ => None,
-    };
-    let redis = match (&args.redis_url, redis_before) {
-        (Some(u), Some(before)) => redis_stats::commandstats(u)
-            .await
-            .ok()
-            .map(|after| redis_stats::delta(&before, &after)),
-        _ => None,
-    };
-    for r in readers {
-        r.abort();
-    }
-    for sink in &mut sinks {
-        let _ = tokio::time::timeout(Duration::from_secs(2), sink.close()).await;
-    }
+    let cpu = procstat::cpu_since(cpu_before, &common.node_pids);
+    let redis = redis_stats::since(args.redis_url.as_deref(), redis_before).await;
+    client::close_senders(readers, &mut sinks).await;
     let final_offset = last_ack.load(Ordering::Relaxed);
     let done = report::stop_with(workers, &format!("stop {final_offset}")).await;
     let counts = done.resume.clone().unwrap_or_default();

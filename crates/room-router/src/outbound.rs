@@ -360,17 +360,17 @@ impl Outbound {
             return Flush::Blocked;
         };
         st.due = None;
-        while !st.pending.is_empty() {
-            // Up to MAX_IOV frames in one system call.
-            let mut slices = [IoSlice::new(&[]); MAX_IOV];
-            let mut count = 0;
-            for (slot, q) in slices.iter_mut().zip(st.pending.iter()) {
-                *slot = IoSlice::new(&q.bytes);
-                count += 1;
-            }
-            let written = if count == 1 {
-                t.try_write(&st.pending[0].bytes)
+        while let Some(front) = st.pending.front() {
+            let written = if st.pending.len() == 1 {
+                t.try_write(&front.bytes)
             } else {
+                // Up to MAX_IOV frames in one system call.
+                let mut slices = [IoSlice::new(&[]); MAX_IOV];
+                let mut count = 0;
+                for (slot, q) in slices.iter_mut().zip(st.pending.iter()) {
+                    *slot = IoSlice::new(&q.bytes);
+                    count += 1;
+                }
                 t.try_write_vectored(&slices[..count])
             };
             match written {

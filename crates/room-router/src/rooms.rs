@@ -103,6 +103,21 @@ pub struct Fanout {
     pub slow_consumers: usize,
 }
 
+impl Fanout {
+    /// Writes or queues `bytes` for `conn`, counting what happened.
+    #[inline]
+    fn push(&mut self, conn: &ConnHandle, bytes: &Bytes, since: Instant) {
+        match conn.outbound.push(bytes, Some(since)) {
+            Ok(pushed) => {
+                self.queued += 1;
+                self.written += usize::from(pushed == Pushed::Written);
+            }
+            Err(PushError::Full) => self.slow_consumers += 1,
+            Err(PushError::Closed) => {}
+        }
+    }
+}
+
 /// The member table of a room, changed by joins and leaves only.
 #[derive(Default)]
 struct Table {
@@ -203,6 +218,18 @@ fn in_multi_thread_runtime() -> bool {
         .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
 }
 
+/// Runs a fan-out to `members` members. A large one is tens of milliseconds of socket writes:
+/// the runtime is told this thread is busy, so that it hands the thread's other tasks to
+/// another worker instead of leaving them (a task woken into this thread's LIFO slot, say)
+/// waiting for the whole fan-out.
+fn writing(members: usize, write: impl FnOnce() -> Fanout) -> Fanout {
+    if members >= LARGE_ROOM && in_multi_thread_runtime() {
+        tokio::task::block_in_place(write)
+    } else {
+        write()
+    }
+}
+
 /// Writes or queues `frame` for every member of `list` except `exclude`.
 fn write_all(
     list: &[Arc<ConnHandle>],
@@ -220,14 +247,7 @@ fn write_all(
         let Ok(wire) = frame.get(conn.encoding) else {
             continue;
         };
-        match conn.outbound.push(&wire.bytes, Some(since)) {
-            Ok(pushed) => {
-                out.queued += 1;
-                out.written += usize::from(pushed == Pushed::Written);
-            }
-            Err(PushError::Full) => out.slow_consumers += 1,
-            Err(PushError::Closed) => {}
-        }
+        out.push(conn, &wire.bytes, since);
     }
     out
 }
@@ -269,14 +289,7 @@ fn write_all_recovering(
             }
             None => {}
         }
-        match conn.outbound.push(&wire.bytes, Some(since)) {
-            Ok(pushed) => {
-                out.queued += 1;
-                out.written += usize::from(pushed == Pushed::Written);
-            }
-            Err(PushError::Full) => out.slow_consumers += 1,
-            Err(PushError::Closed) => {}
-        }
+        out.push(conn, &wire.bytes, since);
     }
     out
 }
@@ -378,13 +391,7 @@ impl Rooms {
             return Fanout::default();
         };
         let list = members.current();
-        if list.len() >= LARGE_ROOM && in_multi_thread_runtime() {
-            // Tens of milliseconds of socket writes: tell the runtime this thread is busy, so
-            // that it hands the thread's other tasks to another worker instead of leaving them
-            // (a task woken into this thread's LIFO slot, say) waiting for the whole fan-out.
-            return tokio::task::block_in_place(|| write_all(&list, frame, exclude, since));
-        }
-        write_all(&list, frame, exclude, since)
+        writing(list.len(), || write_all(&list, frame, exclude, since))
     }
 
     /// Writes or queues a retained room's message (at `offset` in `epoch`) for every local
@@ -408,17 +415,13 @@ impl Rooms {
             Some((o, e)) if e == position.1 => *o = position.0,
             live => *live = Some((position.0, position.1.to_owned())),
         }
-        let mut write = |frame: &mut Encodings<'_>| {
+        writing(list.len(), || {
             if turn.members.is_empty() {
                 write_all(&list, frame, exclude, since)
             } else {
                 write_all_recovering(&list, frame, exclude, since, position, &mut turn.members)
             }
-        };
-        if list.len() >= LARGE_ROOM && in_multi_thread_runtime() {
-            return tokio::task::block_in_place(|| write(frame));
-        }
-        write(frame)
+        })
     }
 
     /// Ends `conn`'s recovery in `room`: writes `replay` (its history in `epoch`, oldest

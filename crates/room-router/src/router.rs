@@ -90,16 +90,25 @@ struct LocalNode {
 }
 
 impl LocalNode {
+    /// Fans a frame out to the room's local members but `exclude`, counting deliveries and
+    /// slow consumers; a retained room's message (with its `position`) takes its turn with
+    /// recoveries.
     fn fanout(
         &self,
         room: &RoomName,
         frame: &mut Encodings<'_>,
         exclude: Option<&ConnectionId>,
         since: Instant,
+        position: Option<(u64, &str)>,
     ) -> usize {
         // Only a local connection can be a local member to skip.
         let exclude = exclude.and_then(|id| self.registry.get(id.as_str()));
-        let out = self.rooms.fanout(room, frame, exclude.as_deref(), since);
+        let out = match position {
+            None => self.rooms.fanout(room, frame, exclude.as_deref(), since),
+            Some(p) => self
+                .rooms
+                .fanout_retained(room, frame, exclude.as_deref(), since, p),
+        };
         self.deliveries.delivered(out.written as u64, since);
         if out.slow_consumers > 0 {
             self.stats
@@ -130,29 +139,8 @@ impl LocalNode {
             &mut Encodings::new(&frame, self.framer),
             Some(connection_id),
             since,
+            None,
         );
-    }
-
-    /// [`LocalNode::fanout`] for a retained room's message, in turn with recoveries.
-    fn fanout_retained(
-        &self,
-        room: &RoomName,
-        frame: &mut Encodings<'_>,
-        exclude: Option<&ConnectionId>,
-        since: Instant,
-        position: (u64, &str),
-    ) -> usize {
-        let exclude = exclude.and_then(|id| self.registry.get(id.as_str()));
-        let out = self
-            .rooms
-            .fanout_retained(room, frame, exclude.as_deref(), since, position);
-        self.deliveries.delivered(out.written as u64, since);
-        if out.slow_consumers > 0 {
-            self.stats
-                .slow_consumer_closes
-                .fetch_add(out.slow_consumers as u64, Ordering::Relaxed);
-        }
-        out.queued
     }
 
     fn push_direct(
@@ -221,16 +209,8 @@ impl BusSink for LocalNode {
                 let ServerFrame::Message { offset, epoch, .. } = &frame else {
                     unreachable!("built as a message above")
                 };
-                let members = match (offset, epoch) {
-                    (Some(offset), Some(epoch)) => self.fanout_retained(
-                        &room,
-                        &mut encodings,
-                        exclude.as_ref(),
-                        since,
-                        (*offset, epoch),
-                    ),
-                    _ => self.fanout(&room, &mut encodings, exclude.as_ref(), since),
-                };
+                let position = offset.zip(epoch.as_deref());
+                let members = self.fanout(&room, &mut encodings, exclude.as_ref(), since, position);
                 if let (Some(traces), Some(tp)) = (&self.traces, &envelope_trace) {
                     traces.delivered(&room, tp, members);
                 }
@@ -504,7 +484,9 @@ impl Router {
         // Any node may hold a member of either encoding, so both must fit.
         check_size(&mut encodings, self.options.max_message_bytes)?;
         let exclude = if exclude_self { from } else { None };
-        let local_deliveries = self.local.fanout(room, &mut encodings, exclude, since);
+        let local_deliveries = self
+            .local
+            .fanout(room, &mut encodings, exclude, since, None);
         let ServerFrame::Message { data, from, .. } = frame else {
             unreachable!("built as a message above")
         };
@@ -611,6 +593,7 @@ impl Router {
                         &mut Encodings::new(&frame, local.framer),
                         exclude.as_ref(),
                         since,
+                        None,
                     );
                     PublishReceipt {
                         offset: None,
