@@ -2,7 +2,7 @@
 # Reproduces loadtest/RESULTS.md: nodes pinned to CPU 0, the harness (and Redis) pinned to
 # CPU 1, fresh nodes per scenario.
 #
-#   loadtest/bench.sh [idle|floor|broadcast|cluster|stall|tls|proxy|history|resume|batching|storm|direct|all]
+#   loadtest/bench.sh [idle|floor|broadcast|cluster|stall|tls|proxy|history|resume|batching|storm|direct|peers|all]
 #   (default: all)
 #
 # idle       18,000 idle connections on one embedded node
@@ -33,6 +33,15 @@
 #            reconnect latency
 # direct     two nodes through one redis-server, 10,000 members, 50,000 sends/s to random
 #            connection ids for 10 s (nodes allow 5,000 messages/s per connection)
+# peers      wsgate and its peers side by side, each as two nodes through one redis-server
+#            (nodes on CPU 0, harness and Redis on CPU 1, fresh nodes per scenario): Soketi
+#            1.6.1 and Socket.IO 4.8.1 with @socket.io/redis-adapter 8.3.0 (npm, pinned in
+#            loadtest/peers/package.json, installed under target/peers/node), Sockudo 5.2.0
+#            (cargo install, built once under target/peers/sockudo: about 17 minutes). Per
+#            gateway: idle (10,000 connections), broadcast (5,000 members x 10/s for 20 s) and
+#            saturation (1,000 members x 400/s of ~100 bytes for 10 s, 400,000 deliveries/s
+#            offered); wsgate also with server.write_delay = 10ms; the floor at both loads.
+#            Ends with one table per scenario (wsgate-loadtest table).
 #
 # ROUNDS=n sets the proxy scenario's rounds (default 2), RATE=n its messages/s per client
 # (default 50; at 10 no CPU is saturated, which is where added latency can be read).
@@ -43,8 +52,8 @@ cd "$(dirname "$0")/.."
 
 scenario="${1:-all}"
 case "$scenario" in
-  idle | floor | broadcast | cluster | stall | tls | proxy | history | resume | batching | storm | direct | all) ;;
-  *) echo "usage: $0 [idle|floor|broadcast|cluster|stall|tls|proxy|history|resume|batching|storm|direct|all]" >&2; exit 2 ;;
+  idle | floor | broadcast | cluster | stall | tls | proxy | history | resume | batching | storm | direct | peers | all) ;;
+  *) echo "usage: $0 [idle|floor|broadcast|cluster|stall|tls|proxy|history|resume|batching|storm|direct|peers|all]" >&2; exit 2 ;;
 esac
 out="${OUT:-loadtest/results}"
 mkdir -p "$out"
@@ -134,17 +143,7 @@ run_floor() {
 # Starts redis-server on CPU 1 and two nodes through it on CPU 0 (extra arguments go to both
 # nodes); sets redis, first_port, first_pid, second_port, second_pid.
 start_pair() {
-  command -v redis-server >/dev/null || { echo "bench.sh: cluster needs redis-server" >&2; exit 1; }
-  stop_extra
-  redis_port=$((redis_port + 1))
-  taskset -c 1 redis-server --port "$redis_port" --save "" --appendonly no \
-    --bind 127.0.0.1 >"$out/redis.log" 2>&1 &
-  extra_pids+=($!)
-  for _ in $(seq 1 50); do
-    redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break
-    sleep 0.1
-  done
-  redis="redis://127.0.0.1:$redis_port"
+  start_pair_redis
   start_node --redis-url "$redis" "$@"
   first_port=$port
   first_pid=$node_pid
@@ -156,6 +155,21 @@ start_pair() {
   second_port=$port
   extra_pids+=("$second_pid")
   wait_ready "$second_pid" "$admin" "$out/node2.log"
+}
+
+# Starts a fresh redis-server on CPU 1 (stopping the previous pair); sets redis, redis_port.
+start_pair_redis() {
+  command -v redis-server >/dev/null || { echo "bench.sh: cluster needs redis-server" >&2; exit 1; }
+  stop_extra
+  redis_port=$((redis_port + 1))
+  taskset -c 1 redis-server --port "$redis_port" --save "" --appendonly no \
+    --bind 127.0.0.1 >"$out/redis.log" 2>&1 &
+  extra_pids+=($!)
+  for _ in $(seq 1 50); do
+    redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+  redis="redis://127.0.0.1:$redis_port"
 }
 
 run_cluster() {
@@ -333,7 +347,128 @@ run_proxy() {
   stop_extra
 }
 
+# The peers, installed once under target/peers (never committed): npm packages pinned by
+# loadtest/peers/package.json, Sockudo built by cargo install.
+peers_dir=target/peers
+install_peers() {
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  command -v npm >/dev/null || { echo "bench.sh: peers needs Node.js 20 and npm" >&2; exit 1; }
+  mkdir -p "$peers_dir/node"
+  if ! cmp -s loadtest/peers/package.json "$peers_dir/node/package.json" ||
+    [ ! -e "$peers_dir/node/node_modules/.bin/soketi" ]; then
+    cp loadtest/peers/package.json "$peers_dir/node/package.json"
+    (cd "$peers_dir/node" && npm install --no-audit --no-fund >&2)
+  fi
+  cp loadtest/peers/socketio-server.js "$peers_dir/node/"
+  if [ ! -x "$peers_dir/sockudo/bin/sockudo" ]; then
+    command -v protoc >/dev/null ||
+      DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq protobuf-compiler >/dev/null
+    echo "bench.sh: building Sockudo 5.2.0 once (about 17 minutes here)" >&2
+    cargo install sockudo --version 5.2.0 --locked --features redis \
+      --root "$peers_dir/sockudo" --target-dir "$peers_dir/sockudo-build" >&2
+  fi
+}
+
+# Waits until something answers HTTP on port $2; $1 = PID, $3 = log.
+wait_http() {
+  for _ in $(seq 1 150); do
+    kill -0 "$1" 2>/dev/null || break
+    curl -s -o /dev/null "http://127.0.0.1:$2/" && return 0
+    sleep 0.1
+  done
+  echo "bench.sh: a gateway did not start on port $2" >&2
+  cat "$3" >&2
+  exit 1
+}
+
+# Starts gateway $1 (wsgate, wsgate-batched, soketi, socketio, sockudo) as two nodes on CPU 0
+# through a fresh redis-server on CPU 1; sets gw_args (the harness's --dialect, --url and
+# --node-pid arguments).
+start_gateway() {
+  local name=$1
+  case "$name" in
+    wsgate | wsgate-batched)
+      if [ "$name" = wsgate-batched ]; then
+        WSGATE_SERVER__WRITE_DELAY=10ms start_pair
+      else
+        start_pair
+      fi
+      gw_args=(--url "ws://127.0.0.1:$first_port/ws" --url "ws://127.0.0.1:$second_port/ws"
+        --node-pid "$first_pid" --node-pid "$second_pid")
+      return
+      ;;
+  esac
+  start_pair_redis
+  local dialect=pusher
+  [ "$name" = socketio ] && dialect=socket-io
+  gw_args=(--dialect "$dialect")
+  local i
+  for i in 1 2; do
+    port=$((port + 1))
+    admin=$((admin + 1))
+    local log="$out/$name-$i.log"
+    case "$name" in
+      soketi)
+        SOKETI_PORT=$port SOKETI_METRICS_SERVER_PORT=$admin SOKETI_METRICS_ENABLED=false \
+          SOKETI_DEFAULT_APP_ID=app-id SOKETI_DEFAULT_APP_KEY=app-key \
+          SOKETI_DEFAULT_APP_SECRET=app-secret SOKETI_ADAPTER_DRIVER=redis \
+          SOKETI_DB_REDIS_HOST=127.0.0.1 SOKETI_DB_REDIS_PORT=$redis_port \
+          taskset -c 0 node "$peers_dir/node/node_modules/@soketi/soketi/bin/server.js" start \
+          >"$log" 2>&1 &
+        gw_args+=(--url "ws://127.0.0.1:$port/app/app-key?protocol=7&client=js&version=8.4.0")
+        ;;
+      sockudo)
+        PORT=$port HOST=127.0.0.1 METRICS_ENABLED=false METRICS_PORT=$admin \
+          ADAPTER_DRIVER=redis REDIS_URL="$redis" RATE_LIMITER_ENABLED=false \
+          SOCKUDO_DEFAULT_APP_ID=app-id SOCKUDO_DEFAULT_APP_KEY=app-key \
+          SOCKUDO_DEFAULT_APP_SECRET=app-secret \
+          taskset -c 0 "$peers_dir/sockudo/bin/sockudo" >"$log" 2>&1 &
+        gw_args+=(--url "ws://127.0.0.1:$port/app/app-key?protocol=7&client=js&version=8.4.0")
+        ;;
+      socketio)
+        PORT=$port REDIS_URL="$redis" taskset -c 0 node "$peers_dir/node/socketio-server.js" \
+          >"$log" 2>&1 &
+        gw_args+=(--url "ws://127.0.0.1:$port/socket.io/?EIO=4&transport=websocket")
+        ;;
+    esac
+    extra_pids+=($!)
+    gw_args+=(--node-pid "$!")
+    wait_http "$!" "$port" "$log"
+  done
+}
+
+run_peers() {
+  install_peers
+  local gw
+  taskset -c 1 "$harness" floor --members 5000 --rate 10 --duration 20s --size 150 \
+    --sender-cpu 0 --receiver-cpu 1 --out "$out/peers-floor-broadcast.json"
+  taskset -c 1 "$harness" floor --members 1000 --rate 400 --duration 10s --size 150 \
+    --sender-cpu 0 --receiver-cpu 1 --out "$out/peers-floor-saturation.json"
+  for gw in ${PEERS:-wsgate soketi socketio sockudo}; do
+    start_gateway "$gw"
+    taskset -c 1 "$harness" idle "${gw_args[@]}" --connections 10000 --hold 10s \
+      --timeout 240s --out "$out/peers-$gw-idle.json"
+    stop_node
+    stop_extra
+    start_gateway "$gw"
+    taskset -c 1 "$harness" broadcast "${gw_args[@]}" --members 5000 --rate 10 \
+      --duration 20s --size 100 --out "$out/peers-$gw-broadcast.json"
+    stop_node
+    stop_extra
+  done
+  for gw in wsgate-batched ${PEERS:-wsgate soketi socketio sockudo}; do
+    start_gateway "$gw"
+    taskset -c 1 "$harness" broadcast "${gw_args[@]}" --members 1000 --rate 400 \
+      --duration 10s --size 100 --grace 3s --out "$out/peers-$gw-saturation.json"
+    stop_node
+    stop_extra
+  done
+  "$harness" table "$out"/peers-*.json
+}
+
 case "$scenario" in
+  peers) run_peers ;;
   batching) run_batching ;;
   storm) run_storm ;;
   direct) run_direct ;;

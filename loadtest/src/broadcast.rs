@@ -3,33 +3,35 @@
 //! Members live in the worker processes; the publishers live here, so the parent owns the
 //! clock that spaces publishes and the window over which the node's CPU is read.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
-use tokio_tungstenite::tungstenite::Message;
 
 use crate::cli::BroadcastArgs;
-use crate::client::{self, Target, Ws};
+use crate::client::Target;
+use crate::dialect::{payload, Dialect};
+use crate::publishers::{Answers, Failure, Publishers};
 use crate::report::{self, ms, round, Outcome};
 use crate::worker::now_ns;
 use crate::{probe, procstat, redis_stats};
 
-/// The publish frame for sequence `seq` (request id `seq + 1`): `data` is
+/// wsgate's publish frame for sequence `seq` (request id `seq + 1`): `data` is
 /// `{"seq":N,"t":SEND_NS,"pad":"xx…"}`, padded to about `size` bytes.
 pub fn publish_frame(room: &str, seq: u64, sent_ns: u64, size: usize) -> String {
-    let head = format!(r#"{{"seq":{seq},"t":{sent_ns},"pad":""#);
-    let pad = size.saturating_sub(head.len() + 2);
-    let room = serde_json::Value::from(room);
-    format!(
-        r#"{{"action":"publish","room":{room},"id":{},"exclude_self":true,"data":{head}{}"}}}}"#,
-        seq + 1,
-        "x".repeat(pad)
-    )
+    Dialect::Wsgate
+        .publish_frame(room, seq + 1, &payload(seq, sent_ns, size))
+        .expect("wsgate publishes over the socket")
+}
+
+/// When publish `seq` was due, in ns since the epoch (`start_ns` the schedule's start): the
+/// time its latency is measured from. Stamping the intended time rather than the actual send
+/// corrects for coordinated omission: a publisher held up (by a full socket, a slow gateway)
+/// makes the publishes it sends late count as late, as wrk2 does.
+pub fn intended_ns(start_ns: u64, seq: u64, rate: u32) -> u64 {
+    start_ns + due(seq, rate).as_nanos() as u64
 }
 
 /// When publish `seq` is due, from the start of publishing: an absolute schedule, so a late
@@ -38,53 +40,25 @@ pub fn due(seq: u64, rate: u32) -> Duration {
     Duration::from_secs_f64(seq as f64 / f64::from(rate.max(1)))
 }
 
-/// What the publishers' connections answered.
-#[derive(Default)]
-struct Answers {
-    acks: AtomicU64,
-    errors: AtomicU64,
-    first_error: Mutex<Option<String>>,
-}
-
-impl Answers {
-    fn note_error(&self, e: String) {
-        let mut first = self.first_error.lock().unwrap_or_else(|p| p.into_inner());
-        first.get_or_insert(e);
-    }
-}
-
-/// Reads a publisher's connection (so pings are answered) and counts acks and errors.
-async fn drain(mut stream: SplitStream<Ws>, answers: Arc<Answers>) {
-    while let Some(msg) = stream.next().await {
-        match msg {
-            Ok(Message::Text(t)) => match client::answer(&t) {
-                Some((_, Ok(()))) => {
-                    answers.acks.fetch_add(1, Ordering::Relaxed);
-                }
-                Some((_, Err(e))) => {
-                    answers.errors.fetch_add(1, Ordering::Relaxed);
-                    answers.note_error(e);
-                }
-                None => {}
-            },
-            Ok(Message::Close(c)) => return answers.note_error(format!("publisher closed: {c:?}")),
-            Ok(_) => {}
-            Err(e) => return answers.note_error(format!("publisher read error: {e}")),
-        }
-    }
-}
-
 /// Runs the scenario.
 pub async fn run(args: BroadcastArgs) -> anyhow::Result<()> {
     let deadline = Instant::now() + args.timeout();
     let common = &args.common;
+    if args.probe_interval.is_some() || args.churn > 0 {
+        common.wsgate_only("--probe-interval and --churn")?;
+    }
     let pids = &common.node_pids;
     let pub_url = args
         .publisher_url
         .clone()
         .unwrap_or_else(|| common.urls[0].clone());
-    let pub_target =
-        Target::resolve(&pub_url, common.token.as_deref(), common.ca.as_deref()).await?;
+    let pub_target = Target::resolve_as(
+        &pub_url,
+        common.token.as_deref(),
+        common.ca.as_deref(),
+        common.dialect,
+    )
+    .await?;
     let requested = args.members as usize;
     let (workers, ready) = report::start(common, requested, Some(&args.room), deadline).await?;
     if ready.connected == 0 {
@@ -93,17 +67,7 @@ pub async fn run(args: BroadcastArgs) -> anyhow::Result<()> {
 
     let n_pub = args.publishers() as usize;
     let answers = Arc::new(Answers::default());
-    let mut sinks: Vec<SplitSink<Ws, Message>> = Vec::new();
-    let mut drains = Vec::new();
-    for p in 0..n_pub {
-        // Source addresses far from the members' (they start at index 0).
-        let (ws, _) = client::connect(&pub_target, usize::MAX / 2 + p)
-            .await
-            .context("opening a publisher connection")?;
-        let (sink, stream) = ws.split();
-        drains.push(tokio::spawn(drain(stream, answers.clone())));
-        sinks.push(sink);
-    }
+    let mut publishers = Publishers::open(&pub_target, n_pub, &args.pusher_app, &answers).await?;
 
     let redis_before = match &args.redis_url {
         Some(u) => Some(redis_stats::commandstats(u).await?),
@@ -133,6 +97,7 @@ pub async fn run(args: BroadcastArgs) -> anyhow::Result<()> {
     let harness_before = procstat::cpu_total(&worker_pids).ok().flatten();
     let measured_from = Instant::now();
     let start = Instant::now();
+    let start_ns = now_ns();
     let mut sent = 0u64;
     for seq in 0..planned {
         let at = start + due(seq, args.rate);
@@ -142,15 +107,17 @@ pub async fn run(args: BroadcastArgs) -> anyhow::Result<()> {
         }
         tokio::time::sleep_until(at.into()).await;
         late_max = late_max.max(at.elapsed());
-        let frame = publish_frame(&args.room, seq, now_ns(), args.size);
-        let sink = &mut sinks[seq as usize % n_pub];
-        match tokio::time::timeout_at(publish_until.into(), sink.send(Message::text(frame))).await {
-            Ok(Ok(())) => sent += 1,
-            Ok(Err(e)) => {
-                publisher_failure = Some(format!("publisher connection failed: {e}"));
+        let data = payload(seq, intended_ns(start_ns, seq, args.rate), args.size);
+        match publishers
+            .publish(&args.room, seq, &data, publish_until, &answers)
+            .await
+        {
+            Ok(()) => sent += 1,
+            Err(Failure::Broken(e)) => {
+                publisher_failure = Some(e);
                 break;
             }
-            Err(_) => {
+            Err(Failure::TimedOut) => {
                 timed_out = true;
                 break;
             }
@@ -171,7 +138,7 @@ pub async fn run(args: BroadcastArgs) -> anyhow::Result<()> {
     let cpu = procstat::cpu_since(cpu_before, pids);
     let rss = procstat::at_end("RSS", procstat::rss_total(pids));
     let redis = redis_stats::since(args.redis_url.as_deref(), redis_before).await;
-    client::close_senders(drains, &mut sinks).await;
+    publishers.close().await;
     let done = report::stop(workers).await;
 
     let members = ready.connected as u64;
@@ -194,14 +161,10 @@ pub async fn run(args: BroadcastArgs) -> anyhow::Result<()> {
         .map(|d| round(redis_stats::publishes_per_publish(d, sent), 3));
     let acks = answers.acks.load(Ordering::Relaxed);
     let errors = answers.errors.load(Ordering::Relaxed);
-    let publish_error = answers
-        .first_error
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone()
-        .or(publisher_failure);
+    let publish_error = answers.first_error().or(publisher_failure);
 
     let parameters = json!({
+        "dialect": common.dialect,
         "urls": common.urls,
         "publisher_url": pub_url,
         "publishers": n_pub,
@@ -376,6 +339,7 @@ pub async fn run(args: BroadcastArgs) -> anyhow::Result<()> {
             parameters,
             figures,
             summary,
+            timeline: Some(done.timeline),
         },
         common.out.as_deref(),
     )
@@ -421,5 +385,7 @@ mod tests {
         assert_eq!(due(0, 10), Duration::ZERO);
         assert_eq!(due(15, 10), Duration::from_millis(1500));
         assert_eq!(due(200_000, 10_000), Duration::from_secs(20));
+        // Latency counts from the schedule, however late the send.
+        assert_eq!(intended_ns(1_000, 3, 1_000), 1_000 + 3_000_000);
     }
 }

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::dialect::Dialect;
+
 /// How long a run may take beyond its own duration (connecting, collecting) when `--timeout`
 /// is not given.
 pub const TIMEOUT_MARGIN: Duration = Duration::from_secs(120);
@@ -50,6 +52,13 @@ pub enum Command {
     Proxy(ProxyArgs),
     /// A WebSocket echo server (the upstream of `proxy`), on one thread.
     EchoUpstream(EchoArgs),
+    /// Prints the `--out` results of several runs as Markdown tables, one per scenario and
+    /// load, one row per file (named by its file stem).
+    Table {
+        /// The result files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
     /// Internal: one worker process of a scenario; reads its job as JSON on stdin.
     #[command(hide = true)]
     Worker,
@@ -83,6 +92,24 @@ pub struct Common {
     /// Also write the result as JSON here.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// What the gateway speaks: wsgate, or a peer measured side by side with it (`idle` and
+    /// `broadcast` only). URLs are then the peer's socket URLs: Pusher
+    /// `ws://HOST:PORT/app/KEY?protocol=7`, Socket.IO
+    /// `ws://HOST:PORT/socket.io/?EIO=4&transport=websocket`.
+    #[arg(long, value_enum, default_value_t = Dialect::Wsgate)]
+    pub dialect: Dialect,
+}
+
+impl Common {
+    /// Refuses a peer's dialect in a scenario that uses wsgate-only features.
+    pub fn wsgate_only(&self, scenario: &str) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.dialect == Dialect::Wsgate,
+            "{scenario} uses wsgate's own features; --dialect {:?} works with idle and broadcast",
+            self.dialect
+        );
+        Ok(())
+    }
 }
 
 /// `idle`.
@@ -147,6 +174,10 @@ pub struct BroadcastArgs {
     /// timing its joins: do joins wait for the fan-out?
     #[arg(long, default_value_t = 0)]
     pub churn: u32,
+    /// `--dialect pusher`: the app as `ID:KEY:SECRET`, for the signed events API the
+    /// publishes go through.
+    #[arg(long, default_value = "app-id:app-key:app-secret")]
+    pub pusher_app: crate::pusher_http::App,
 }
 
 impl BroadcastArgs {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
@@ -20,6 +20,8 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::either::Either;
+
+use crate::dialect::{Answer, Dialect};
 
 /// A harness connection: plain TCP, or TLS for `wss://` targets.
 pub type Ws = WebSocketStream<Either<TcpStream, TlsStream<TcpStream>>>;
@@ -39,6 +41,8 @@ pub struct Target {
     pub token: Option<String>,
     /// `wss://`: the connector (trusting `--ca`) and the name the certificate must carry.
     pub tls: Option<(TlsConnector, ServerName<'static>)>,
+    /// What the gateway speaks.
+    pub dialect: Dialect,
 }
 
 /// A TLS client trusting only the CA certificates in `ca` (PEM).
@@ -58,11 +62,21 @@ fn tls_connector(ca: &Path) -> anyhow::Result<TlsConnector> {
 }
 
 impl Target {
-    /// Resolves `url`: `ws://`, or `wss://` with `ca` the CA to trust.
+    /// Resolves `url` of a wsgate node: `ws://`, or `wss://` with `ca` the CA to trust.
     pub async fn resolve(
         url: &str,
         token: Option<&str>,
         ca: Option<&Path>,
+    ) -> anyhow::Result<Self> {
+        Self::resolve_as(url, token, ca, Dialect::Wsgate).await
+    }
+
+    /// [`Target::resolve`] for a gateway speaking `dialect`.
+    pub async fn resolve_as(
+        url: &str,
+        token: Option<&str>,
+        ca: Option<&Path>,
+        dialect: Dialect,
     ) -> anyhow::Result<Self> {
         let req = url
             .into_client_request()
@@ -96,6 +110,7 @@ impl Target {
             addr,
             token: token.map(str::to_owned),
             tls,
+            dialect,
         })
     }
 }
@@ -106,8 +121,9 @@ pub fn source_for(index: usize) -> Ipv4Addr {
     Ipv4Addr::new(127, 0, 0, 2 + (index % 249) as u8)
 }
 
-/// Connects connection number `index` and reads its welcome; returns the socket and the
-/// connection id. Each step has its own timeout.
+/// Connects connection number `index` and reads its greeting (wsgate's welcome, Pusher's
+/// `connection_established`, Engine.IO's open and Socket.IO's connect); returns the socket
+/// and the connection id. Each step has its own timeout.
 pub async fn connect(target: &Target, index: usize) -> anyhow::Result<(Ws, String)> {
     let socket = match target.addr {
         SocketAddr::V4(a) => {
@@ -126,10 +142,10 @@ pub async fn connect(target: &Target, index: usize) -> anyhow::Result<(Ws, Strin
         .context("TCP connect timed out")?
         .context("TCP connect")?;
     let mut req = target.url.as_str().into_client_request()?;
-    req.headers_mut().insert(
-        "sec-websocket-protocol",
-        HeaderValue::from_static("wsgate.v1.json"),
-    );
+    if let Some(p) = target.dialect.subprotocol() {
+        req.headers_mut()
+            .insert("sec-websocket-protocol", HeaderValue::from_static(p));
+    }
     if let Some(token) = &target.token {
         req.headers_mut().insert(
             "authorization",
@@ -157,23 +173,44 @@ pub async fn connect(target: &Target, index: usize) -> anyhow::Result<(Ws, Strin
     .await
     .context("WebSocket handshake timed out")?
     .context("WebSocket handshake")?;
-    let welcome = tokio::time::timeout(STEP_TIMEOUT, ws.next())
-        .await
-        .context("no welcome")?
-        .context("closed before welcome")?
-        .context("reading the welcome")?;
-    let Message::Text(text) = welcome else {
-        bail!("expected a text welcome, got {welcome:?}");
-    };
-    let v: serde_json::Value = serde_json::from_str(&text).context("welcome is not JSON")?;
-    if v["type"] != "welcome" {
-        bail!("expected a welcome, got {text}");
+    let dialect = target.dialect;
+    let mut id = read_until(&mut ws, dialect, "greeting", |t| dialect.greeting(t)).await?;
+    if let Some(frame) = dialect.connect_frame() {
+        ws.send(Message::text(frame)).await.context("connecting")?;
+        id = read_until(&mut ws, dialect, "connect answer", |t| dialect.connected(t)).await?;
     }
-    let id = v["connection_id"]
-        .as_str()
-        .context("welcome without connection_id")?
-        .to_owned();
     Ok((ws, id))
+}
+
+/// Reads frames until `step` says the answer came (`Ok`) or was a refusal, within
+/// [`STEP_TIMEOUT`]; keep-alives of the dialect are answered meanwhile.
+pub async fn read_until(
+    ws: &mut Ws,
+    dialect: Dialect,
+    what: &str,
+    step: impl Fn(&str) -> Answer,
+) -> anyhow::Result<String> {
+    tokio::time::timeout(STEP_TIMEOUT, async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) => match step(&t) {
+                    Answer::Ok(id) => return Ok(id),
+                    Answer::Refused(e) => bail!("{what}: refused: {e}"),
+                    Answer::Other => {
+                        if let Some(r) = dialect.keepalive_reply(&t) {
+                            ws.send(Message::text(r)).await?;
+                        }
+                    }
+                },
+                Some(Ok(Message::Close(c))) => bail!("closed before the {what}: {c:?}"),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Err(e).with_context(|| format!("reading the {what}")),
+                None => bail!("closed before the {what}"),
+            }
+        }
+    })
+    .await
+    .with_context(|| format!("no {what}"))?
 }
 
 /// Reads an `ack` or `error` frame: its request id if any, and `Err(frame)` for an error.

@@ -15,7 +15,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::broadcast::due;
+use crate::broadcast::{due, intended_ns};
 use crate::cli::DirectArgs;
 use crate::client::{self, Target};
 use crate::report::{self, ms, round, Outcome};
@@ -48,6 +48,7 @@ impl Dice {
 pub async fn run(args: DirectArgs) -> anyhow::Result<()> {
     let deadline = Instant::now() + args.timeout();
     let common = &args.common;
+    common.wsgate_only("direct")?;
     let requested = args.members as usize;
     let (workers, ready) =
         report::start_members(common, requested, None, deadline, (false, false, true)).await?;
@@ -97,6 +98,7 @@ pub async fn run(args: DirectArgs) -> anyhow::Result<()> {
     let mut dice = Dice(now_ns() | 1);
     let pb = report::bar(planned, "sending");
     let start = Instant::now();
+    let start_ns = now_ns();
     let mut sent = 0u64;
     let mut late_max = Duration::ZERO;
     for seq in 0..planned {
@@ -107,7 +109,7 @@ pub async fn run(args: DirectArgs) -> anyhow::Result<()> {
         tokio::time::sleep_until(at.into()).await;
         late_max = late_max.max(at.elapsed());
         let to = &ids[dice.below(ids.len())];
-        let frame = send_frame(to, seq, now_ns(), args.size);
+        let frame = send_frame(to, seq, intended_ns(start_ns, seq, args.rate), args.size);
         if sinks[seq as usize % n_senders]
             .send(Message::text(frame))
             .await
@@ -202,6 +204,7 @@ pub async fn run(args: DirectArgs) -> anyhow::Result<()> {
             parameters,
             figures,
             summary,
+            timeline: Some(done.timeline),
         },
         common.out.as_deref(),
     )

@@ -388,6 +388,7 @@ fn outcome(args: &FloorArgs, m: &Measured) -> anyhow::Result<()> {
             parameters,
             figures,
             summary,
+            timeline: None,
         },
         args.out.as_deref(),
     )

@@ -130,6 +130,7 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<()> {
             parameters,
             figures,
             summary,
+            timeline: None,
         },
         args.common.out.as_deref(),
     )

@@ -8,7 +8,8 @@
 //! `echo-upstream` server: latency and the proxy's CPU per relayed message), `resume` (members
 //! of a retained room losing their connections under load and rejoining with `since`: gaps,
 //! duplicates, time until all are back), `direct` (sends to random connection ids across
-//! the nodes); `certs` writes a
+//! the nodes); `idle` and `broadcast` also measure peers (`--dialect`: Pusher for Soketi and
+//! Sockudo, Socket.IO) with the same workers and clock; `certs` writes a
 //! test CA and certificate for wss:// runs. Client sockets are spread over worker processes (one process may
 //! hold only 20,000 files here) and over source addresses in 127.0.0.0/8. Meant for local
 //! nodes; every run is bounded in time. Exits non-zero only on harness errors (nothing could
@@ -18,16 +19,22 @@ mod broadcast;
 mod certs;
 mod cli;
 mod client;
+mod dialect;
 mod direct;
 mod floor;
 mod idle;
+mod plot;
 mod probe;
 mod procstat;
 mod proxy;
+mod publishers;
+mod pusher_http;
 mod redis_stats;
 mod report;
 mod resume;
 mod resumer;
+mod table;
+mod timeline;
 mod worker;
 
 use std::process::ExitCode;
@@ -46,6 +53,7 @@ fn main() -> ExitCode {
         cli::Command::Proxy(args) => runtime().and_then(|rt| rt.block_on(proxy::run(args))),
         cli::Command::EchoUpstream(args) => runtime().and_then(|rt| rt.block_on(proxy::echo(args))),
         cli::Command::Certs { out } => certs::write(&out),
+        cli::Command::Table { files } => table::run(&files),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

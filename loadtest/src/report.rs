@@ -13,6 +13,7 @@ use tokio::process::{Child, ChildStdin};
 use tokio::sync::mpsc;
 
 use crate::cli::Common;
+use crate::timeline::Timeline;
 use crate::worker::{histogram, merge, Job, Report};
 
 /// Connections per worker process when `--workers` is not given: well under the 20,000
@@ -60,8 +61,10 @@ pub struct Done {
     pub disconnected: u64,
     /// Why the first of those ended.
     pub first_disconnect: Option<String>,
-    /// Publish-to-delivery latency (µs).
+    /// Publish-to-delivery latency (µs), from when each publish was due.
     pub latency_us: Histogram<u64>,
+    /// Deliveries and latency per second, every worker's merged.
+    pub timeline: Timeline,
     /// Workers that gave no final report (their counts are missing).
     pub workers_missing: usize,
     /// What `resume` members counted, all workers together.
@@ -140,6 +143,7 @@ pub async fn start_members(
             resume,
             start_first,
             report_ids,
+            dialect: common.dialect,
         };
         let mut child = tokio::process::Command::new(&exe)
             .arg("worker")
@@ -265,6 +269,7 @@ pub async fn stop_with(mut workers: Workers, line: &str) -> Done {
         disconnected: 0,
         first_disconnect: None,
         latency_us: histogram(),
+        timeline: Timeline::default(),
         workers_missing: 0,
         resume: None,
     };
@@ -285,7 +290,7 @@ pub async fn stop_with(mut workers: Workers, line: &str) -> Done {
                     duplicates,
                     disconnected,
                     first_disconnect,
-                    latency_us,
+                    timeline,
                     resume,
                 },
             ) if pending[i] => {
@@ -298,13 +303,14 @@ pub async fn stop_with(mut workers: Workers, line: &str) -> Done {
                 done.duplicates += duplicates;
                 done.disconnected += disconnected;
                 done.first_disconnect = done.first_disconnect.or(first_disconnect);
-                merge(&mut done.latency_us, &latency_us);
+                done.timeline.merge(&timeline);
             }
             Event::Gone(i, _) if pending[i] => pending[i] = false,
             Event::Line(..) | Event::Gone(..) => {}
         }
     }
     done.workers_missing = workers.children.len() - reported;
+    done.latency_us = done.timeline.total();
     for (child, _) in &mut workers.children {
         if tokio::time::timeout(Duration::from_secs(5), child.wait())
             .await
@@ -318,7 +324,7 @@ pub async fn stop_with(mut workers: Workers, line: &str) -> Done {
 
 /// The outcome of a scenario: what was asked, what was measured, and how to say it.
 pub struct Outcome {
-    /// `idle` or `broadcast`.
+    /// The scenario's name.
     pub scenario: &'static str,
     /// The run's parameters.
     pub parameters: Value,
@@ -326,6 +332,8 @@ pub struct Outcome {
     pub figures: Value,
     /// Lines of the human summary: label and value.
     pub summary: Vec<(&'static str, String)>,
+    /// Deliveries over time, plotted beside the JSON (scenarios that deliver messages).
+    pub timeline: Option<Timeline>,
 }
 
 /// Prints the human summary to stdout and writes the JSON result to `out` when given.
@@ -342,20 +350,55 @@ pub fn finish(outcome: Outcome, out: Option<&Path>) -> anyhow::Result<()> {
         println!("  {label:<width$}  {value}");
     }
     if let Some(path) = out {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        // A plot that cannot be drawn (no font, nothing delivered) is reported, not fatal:
+        // the figures are the result.
+        let plots = match &outcome.timeline {
+            Some(t) => match crate::plot::write(path, &plot_title(&outcome), t) {
+                Ok(paths) => paths,
+                Err(e) => {
+                    println!("  no plot: {e:#}");
+                    Vec::new()
+                }
+            },
+            None => Vec::new(),
+        };
         let result = serde_json::json!({
             "scenario": outcome.scenario,
             "timestamp": timestamp,
             "parameters": outcome.parameters,
             "figures": outcome.figures,
+            "plots": plots,
         });
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        }
         std::fs::write(path, serde_json::to_string_pretty(&result)? + "\n")
             .with_context(|| format!("writing {}", path.display()))?;
         println!("  result written to {}", path.display());
+        for p in plots {
+            println!("  plot written to {}", p.display());
+        }
     }
     Ok(())
+}
+
+/// A plot's title: the scenario, the gateway's dialect and the load.
+fn plot_title(o: &Outcome) -> String {
+    let p = &o.parameters;
+    let mut title = o.scenario.to_owned();
+    if let Some(d) = p["dialect"].as_str() {
+        title += &format!(" ({d})");
+    }
+    for (key, label) in [
+        ("members", "members"),
+        ("rate_per_second", "/s"),
+        ("duration_seconds", "s"),
+    ] {
+        if let Some(v) = p[key].as_f64() {
+            title += &format!(", {v} {label}");
+        }
+    }
+    title
 }
 
 /// Milliseconds from a microsecond histogram quantile; 0 when empty.

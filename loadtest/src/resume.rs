@@ -18,7 +18,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::broadcast::{due, publish_frame};
+use crate::broadcast::{due, intended_ns, publish_frame};
 use crate::cli::ResumeArgs;
 use crate::client::{self, Target};
 use crate::report::{self, ms, round, Outcome};
@@ -29,6 +29,7 @@ use crate::{procstat, redis_stats};
 pub async fn run(args: ResumeArgs) -> anyhow::Result<()> {
     let deadline = Instant::now() + args.timeout();
     let common = &args.common;
+    common.wsgate_only("resume")?;
     let pub_url = args
         .publisher_url
         .clone()
@@ -84,6 +85,7 @@ pub async fn run(args: ResumeArgs) -> anyhow::Result<()> {
     let cpu_before = procstat::cpu_total(&common.node_pids)?;
     let pb = report::bar(planned, "publishing");
     let start = Instant::now();
+    let start_ns = now_ns();
     let mut dropped_at: Option<(Instant, u64)> = None;
     let mut sent = 0;
     for seq in 0..planned {
@@ -105,7 +107,12 @@ pub async fn run(args: ResumeArgs) -> anyhow::Result<()> {
             }
         }
         tokio::time::sleep_until(at.into()).await;
-        let frame = publish_frame(&args.room, seq, now_ns(), args.size);
+        let frame = publish_frame(
+            &args.room,
+            seq,
+            intended_ns(start_ns, seq, args.rate),
+            args.size,
+        );
         if sinks[seq as usize % n_pub]
             .send(Message::text(frame))
             .await
@@ -236,6 +243,7 @@ pub async fn run(args: ResumeArgs) -> anyhow::Result<()> {
             parameters,
             figures,
             summary,
+            timeline: Some(done.timeline),
         },
         common.out.as_deref(),
     )

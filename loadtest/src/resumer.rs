@@ -284,7 +284,7 @@ pub async fn member(
                                 p.take(offset, &shared);
                             }
                             if let Some((_, sent)) = parse_delivery(&t) {
-                                worker.delivered(now_ns().saturating_sub(sent) / 1000);
+                                worker.delivered(sent);
                             }
                         }
                     }

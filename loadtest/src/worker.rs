@@ -18,6 +18,8 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::client::{self, Target, Ws};
+use crate::dialect::Dialect;
+use crate::timeline::Timeline;
 
 /// What a worker does.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -52,6 +54,9 @@ pub struct Job {
     /// Report every member's connection id when ready (the `direct` scenario's targets).
     #[serde(default)]
     pub report_ids: bool,
+    /// What the gateway speaks.
+    #[serde(default)]
+    pub dialect: Dialect,
 }
 
 /// A line a worker prints.
@@ -89,8 +94,8 @@ pub enum Report {
         disconnected: u64,
         /// Why the first of those ended.
         first_disconnect: Option<String>,
-        /// Publish-to-delivery latency (µs) as [value, count] pairs.
-        latency_us: Vec<(u64, u64)>,
+        /// Deliveries and their latency (from when each was due) per second of arrival.
+        timeline: Vec<crate::timeline::Second>,
         /// What `resume` members counted.
         #[serde(default)]
         resume: Option<crate::resumer::Counts>,
@@ -197,7 +202,7 @@ pub struct Shared {
     duplicates: AtomicU64,
     disconnected: AtomicU64,
     first_disconnect: Mutex<Option<String>>,
-    latency_us: Mutex<Histogram<u64>>,
+    timeline: Mutex<Timeline>,
 }
 
 /// Locks a mutex; a panicked holder leaves counters that are still worth reporting.
@@ -225,10 +230,11 @@ impl Shared {
         self.connected.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// A message arrived `latency_us` after it was published.
-    pub fn delivered(&self, latency_us: u64) {
+    /// A message that was due at `due_ns` (ns since the epoch) arrived now.
+    pub fn delivered(&self, due_ns: u64) {
         self.received.fetch_add(1, Ordering::Relaxed);
-        lock(&self.latency_us).saturating_record(latency_us.max(1));
+        let now = now_ns();
+        lock(&self.timeline).record(now, now.saturating_sub(due_ns) / 1000);
     }
 }
 
@@ -255,7 +261,9 @@ async fn run(job: Job, mut lines: Lines<BufReader<Stdin>>) -> anyhow::Result<()>
     let hard_deadline = start + Duration::from_millis(job.hard_ms);
     let mut targets = Vec::new();
     for url in &job.urls {
-        targets.push(Target::resolve(url, job.token.as_deref(), job.ca.as_deref()).await?);
+        targets.push(
+            Target::resolve_as(url, job.token.as_deref(), job.ca.as_deref(), job.dialect).await?,
+        );
     }
     anyhow::ensure!(!targets.is_empty(), "no URL");
     let shared = Arc::new(Shared {
@@ -268,7 +276,7 @@ async fn run(job: Job, mut lines: Lines<BufReader<Stdin>>) -> anyhow::Result<()>
         duplicates: AtomicU64::new(0),
         disconnected: AtomicU64::new(0),
         first_disconnect: Mutex::default(),
-        latency_us: Mutex::new(histogram()),
+        timeline: Mutex::default(),
     });
     let (stop_tx, stop_rx) = watch::channel(false);
     let (drop_tx, drop_rx) = watch::channel(0u64);
@@ -371,35 +379,20 @@ async fn run(job: Job, mut lines: Lines<BufReader<Stdin>>) -> anyhow::Result<()>
         duplicates: shared.duplicates.load(Ordering::Relaxed),
         disconnected: shared.disconnected.load(Ordering::Relaxed),
         first_disconnect: lock(&shared.first_disconnect).clone(),
-        latency_us: pairs(&lock(&shared.latency_us)),
+        timeline: lock(&shared.timeline).to_seconds(),
         resume: job.resume.then(|| resume.counts()),
     });
     Ok(())
 }
 
-/// Opens a connection and joins `room` (waiting for the ack); the socket and its id.
+/// Opens a connection and joins `room` (waiting for the gateway's answer); the socket and its
+/// id.
 async fn open(target: &Target, index: usize, room: Option<&str>) -> anyhow::Result<(Ws, String)> {
     let (mut ws, id) = client::connect(target, index).await?;
     if let Some(room) = room {
-        let join = serde_json::json!({"action": "join", "room": room, "id": 1});
-        ws.send(Message::text(join.to_string())).await?;
-        tokio::time::timeout(Duration::from_secs(10), async {
-            loop {
-                match ws.next().await {
-                    Some(Ok(Message::Text(t))) => match client::answer(&t) {
-                        Some((Some(1), Ok(()))) => return Ok(()),
-                        Some((_, Err(e))) => anyhow::bail!("join refused: {e}"),
-                        _ => continue,
-                    },
-                    Some(Ok(Message::Close(c))) => anyhow::bail!("closed while joining: {c:?}"),
-                    Some(Ok(_)) => continue,
-                    Some(Err(e)) => return Err(e).context("joining"),
-                    None => anyhow::bail!("closed while joining"),
-                }
-            }
-        })
-        .await
-        .context("no join ack")??;
+        let dialect = target.dialect;
+        ws.send(Message::text(dialect.join_frame(room))).await?;
+        client::read_until(&mut ws, dialect, "join answer", |t| dialect.joined(t)).await?;
     }
     Ok((ws, id))
 }
@@ -431,6 +424,7 @@ async fn connection(
     };
     shared.connected(started.elapsed());
     let mut seen = Seen::default();
+    let dialect = target.dialect;
     // One stop future for the whole loop: a new one per message would register and
     // unregister a waiter for every delivery.
     let stopped = stop.changed();
@@ -440,13 +434,15 @@ async fn connection(
             _ = &mut stopped => break None,
             msg = ws.next() => match msg {
                 Some(Ok(Message::Text(t))) => {
-                    if let Some((seq, sent)) = parse_delivery(&t) {
+                    if let Some((seq, sent)) = dialect.delivery(&t) {
                         if seen.mark(seq) {
-                            let lat = now_ns().saturating_sub(sent) / 1000;
-                            shared.received.fetch_add(1, Ordering::Relaxed);
-                            lock(&shared.latency_us).saturating_record(lat.max(1));
+                            shared.delivered(sent);
                         } else {
                             shared.duplicates.fetch_add(1, Ordering::Relaxed);
+                        }
+                    } else if let Some(reply) = dialect.keepalive_reply(&t) {
+                        if let Err(e) = ws.send(Message::text(reply)).await {
+                            break Some(format!("answering a keep-alive: {e}"));
                         }
                     }
                 }
