@@ -18,10 +18,10 @@ use crate::ws::limits::Slots;
 
 /// Read buffer per connection. tungstenite zero-fills the whole buffer before its first read,
 /// so every byte here is resident for every idle socket: small, since client messages are
-/// small; large messages still arrive whole, in more reads. tungstenite only reads: its few
-/// writes (pongs, close frames) go straight into the connection's outbound, hence a write
-/// buffer of 0.
-const READ_BUFFER: usize = 1024;
+/// small (a publish of ~100 bytes and its envelope fit in one read); larger messages
+/// still arrive whole, in more reads. tungstenite only reads: its few writes (pongs, close
+/// frames) go straight into the connection's outbound, hence a write buffer of 0.
+const READ_BUFFER: usize = 256;
 
 /// One node's shared state.
 pub struct App {

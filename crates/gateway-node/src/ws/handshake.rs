@@ -381,6 +381,13 @@ pub async fn upgrade(
     }
     let connect_accepted = rooms.is_some();
     let rooms = rooms.unwrap_or_default();
+    // Kept for the connection's life only when `$disconnect` will be told of its end: its
+    // strings are otherwise memory every idle connection pays for.
+    let caller = app
+        .routing
+        .as_ref()
+        .is_some_and(|r| r.table.disconnect.is_some())
+        .then_some(caller);
 
     let conn = Arc::new(ConnHandle::new(
         id,
@@ -407,7 +414,7 @@ pub async fn upgrade(
             Ok(u) => u,
             Err(e) => {
                 tracing::debug!(peer = %peer, error = %e, "upgrade failed");
-                if connect_accepted {
+                if let Some(caller) = caller.filter(|_| connect_accepted) {
                     // `$connect` accepted a connection that never came: say it ended.
                     spawn_disconnect(&session_app, caller, 1006, "upgrade failed".into());
                 }
@@ -449,7 +456,7 @@ pub async fn upgrade(
         );
         let ws =
             WebSocketStream::from_raw_socket(io, Role::Server, Some(session_app.ws_config)).await;
-        Session::new(session_app, conn, identity, ws, socket)
+        Box::new(Session::new(session_app, conn, identity, ws, socket))
             .run(caller, rooms)
             .await;
         drop(slot);

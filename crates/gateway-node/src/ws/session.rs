@@ -137,9 +137,22 @@ pub struct Session {
     sends: SendQueue,
     /// Integration calls of routed frames, answered as they finish (SPEC section 6: they
     /// never block the connection's other frames).
-    calls: FuturesUnordered<Pin<Box<dyn Future<Output = CallDone> + Send>>>,
+    /// Made at the first call: an empty `FuturesUnordered` still allocates, and most
+    /// connections never make one.
+    calls: Option<Calls>,
     /// The code and reason of the client's close frame, once it sent one.
     peer_close: Option<(u16, String)>,
+}
+
+/// Integration calls in flight on one connection.
+type Calls = FuturesUnordered<Pin<Box<dyn Future<Output = CallDone> + Send>>>;
+
+/// The next finished call; never, when none was ever made.
+async fn next_call(calls: &mut Option<Calls>) -> Option<CallDone> {
+    match calls {
+        Some(c) => c.next().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// A finished integration call.
@@ -192,7 +205,7 @@ impl Session {
             next_ping: now + app.config.server.heartbeat,
             write_due: None,
             sends,
-            calls: FuturesUnordered::new(),
+            calls: None,
             peer_close: None,
             app,
             conn,
@@ -211,76 +224,94 @@ impl Session {
 
     /// Runs the connection to its end: registers it, joins the rooms `$connect` named,
     /// welcomes it, serves it, closes it, and tells `$disconnect`.
-    pub async fn run(mut self, caller: Caller, rooms: Vec<RoomName>) {
-        let app = self.app.clone();
-        // Declared first, dropped last: whatever ends the task, the socket and the queue are
-        // let go of, even while a member snapshot somewhere still holds the connection.
-        let _detach = Detach(self.conn.clone());
-        let registered = Registered::new(app.clone(), self.conn.clone());
-        // One span for the connection's life, when traces are on: a root of its own, so a
-        // long connection's trace does not swallow the publishes it makes.
-        let span = app.traced().then(|| {
-            tracing::info_span!(
-                parent: None,
-                "connection",
-                otel.kind = "server",
-                connection = %self.conn.id,
-                node = %app.router.node_id(),
-                source_ip = %self.conn.info.source_ip,
-                close_code = tracing::field::Empty,
-            )
-        });
-        app.router.register(self.conn.clone()).await;
-        app.metrics.connections.inc();
-        for room in &rooms {
-            if let Err(e) = app.router.join(&self.conn, room) {
-                tracing::warn!(room = %room, error = %e, "a $connect room was not joined");
-            }
-        }
-        let welcome = ServerFrame::Welcome {
-            connection_id: self.conn.id.clone(),
-            node: app.router.node_id().clone(),
-            protocol: self.conn.encoding,
-            heartbeat_ms: app.config.server.heartbeat.as_millis() as u64,
-        };
-        self.reply(&welcome);
-        let end = self.serve().await;
-        // Unreachable from now on, before the (bounded) close handshake; calls still in
-        // flight are dropped (nobody is left to answer), their permits with them.
-        drop(registered);
-        self.calls = FuturesUnordered::new();
-        let (code, reason) = match &end {
-            End::Close(code) => (code.as_u16(), code.reason().to_owned()),
-            End::PeerClosed => self
-                .peer_close
-                .clone()
-                .unwrap_or((1005, "no status".to_owned())),
-            End::Broken => (1006, "connection lost".to_owned()),
-        };
-        if let Some(span) = &span {
-            span.record("close_code", i64::from(code));
-        }
-        spawn_disconnect(&app, caller, code, reason);
-        match end {
-            End::Close(code) => {
-                tokio::select! {
-                    () = self.close(code) => {}
-                    () = app.hard_stop.cancelled() => {}
+    ///
+    /// The session is boxed: an async fn keeps a moved-in `self` twice in its state, and this
+    /// future is most of what an idle connection costs (issue 11: ≤ 4 KiB per connection).
+    #[allow(clippy::manual_async_fn)] // On purpose: see the comment in the body.
+    pub fn run(
+        self: Box<Self>,
+        caller: Option<Caller>,
+        rooms: Vec<RoomName>,
+    ) -> impl Future<Output = ()> + Send {
+        // An async block rather than an async fn: a fn's arguments would be kept twice in
+        // the state (as arguments and as moved-in locals).
+        async move {
+            let mut this = self;
+            let app = this.app.clone();
+            // Declared first, dropped last: whatever ends the task, the socket and the queue are
+            // let go of, even while a member snapshot somewhere still holds the connection.
+            let _detach = Detach(this.conn.clone());
+            let registered = Registered::new(app.clone(), this.conn.clone());
+            // One span for the connection's life, when traces are on: a root of its own, so a
+            // long connection's trace does not swallow the publishes it makes.
+            let span = app.traced().then(|| {
+                tracing::info_span!(
+                    parent: None,
+                    "connection",
+                    otel.kind = "server",
+                    connection = %this.conn.id,
+                    node = %app.router.node_id(),
+                    source_ip = %this.conn.info.source_ip,
+                    close_code = tracing::field::Empty,
+                )
+            });
+            app.router.register(this.conn.clone()).await;
+            app.metrics.connections.inc();
+            for room in &rooms {
+                if let Err(e) = app.router.join(&this.conn, room) {
+                    tracing::warn!(room = %room, error = %e, "a $connect room was not joined");
                 }
             }
-            End::PeerClosed => {
-                let _ = tokio::time::timeout(
-                    outbound::CLOSE_TIMEOUT,
-                    flush_all(&self.conn, &self.write),
-                )
-                .await;
+            {
+                // Scoped: a local alive across `serve` would sit in every connection's state.
+                let welcome = ServerFrame::Welcome {
+                    connection_id: this.conn.id.clone(),
+                    node: app.router.node_id().clone(),
+                    protocol: this.conn.encoding,
+                    heartbeat_ms: app.config.server.heartbeat.as_millis() as u64,
+                };
+                this.reply(&welcome);
             }
-            End::Broken => {}
-        }
-        if let ClientSocket::Tls(tls) = &self.write {
-            // A TLS peer expects close_notify before the TCP close, or reports an
-            // unexpected end of stream.
-            tls.finish();
+            let end = this.serve().await;
+            // Unreachable from now on, before the (bounded) close handshake; calls still in
+            // flight are dropped (nobody is left to answer), their permits with them.
+            drop(registered);
+            this.calls = None;
+            let (code, reason) = match &end {
+                End::Close(code) => (code.as_u16(), code.reason().to_owned()),
+                End::PeerClosed => this
+                    .peer_close
+                    .clone()
+                    .unwrap_or((1005, "no status".to_owned())),
+                End::Broken => (1006, "connection lost".to_owned()),
+            };
+            if let Some(span) = &span {
+                span.record("close_code", i64::from(code));
+            }
+            if let Some(caller) = caller {
+                spawn_disconnect(&app, caller, code, reason);
+            }
+            match end {
+                End::Close(code) => {
+                    tokio::select! {
+                        () = this.close(code) => {}
+                        () = app.hard_stop.cancelled() => {}
+                    }
+                }
+                End::PeerClosed => {
+                    let _ = tokio::time::timeout(
+                        outbound::CLOSE_TIMEOUT,
+                        flush_all(&this.conn, &this.write),
+                    )
+                    .await;
+                }
+                End::Broken => {}
+            }
+            if let ClientSocket::Tls(tls) = &this.write {
+                // A TLS peer expects close_notify before the TCP close, or reports an
+                // unexpected end of stream.
+                tls.finish();
+            }
         }
     }
 
@@ -355,13 +386,15 @@ impl Session {
                     }
                 }
                 done = self.sends.next(), if !self.sends.is_empty() => self.on_done(done),
-                done = self.calls.next(), if !self.calls.is_empty() => {
+                done = next_call(&mut self.calls), if self.calls.as_ref().is_some_and(|c| !c.is_empty()) => {
                     if let Some(done) = done {
                         self.on_call_done(done);
                     }
                 }
                 msg = self.ws.next() => {
-                    if let Some(end) = self.on_message(msg).await {
+                    // Boxed: handling a frame takes a large future that an idle connection
+                    // would otherwise carry in its state all its life.
+                    if let Some(end) = Box::pin(self.on_message(msg)).await {
                         return end;
                     }
                 }
@@ -679,7 +712,7 @@ impl Session {
             }
         };
         self.bad_frames = 0;
-        if self.calls.len() >= CONNECTION_IN_FLIGHT {
+        if self.calls.as_ref().map_or(0, FuturesUnordered::len) >= CONNECTION_IN_FLIGHT {
             self.error(
                 r.id.clone(),
                 ErrorCode::RateLimited,
@@ -711,22 +744,24 @@ impl Session {
             .message_request(&route_key, &caller, frame);
         let app = self.app.clone();
         let id = r.id.clone();
-        self.calls.push(Box::pin(async move {
-            let _permit = permit;
-            let result = match app.routing.as_ref() {
-                Some(routing) => {
-                    let max = app.config.limits.max_message_bytes;
-                    routing.integrations.call(&route, &request, max).await
+        self.calls
+            .get_or_insert_with(FuturesUnordered::new)
+            .push(Box::pin(async move {
+                let _permit = permit;
+                let result = match app.routing.as_ref() {
+                    Some(routing) => {
+                        let max = app.config.limits.max_message_bytes;
+                        routing.integrations.call(&route, &request, max).await
+                    }
+                    None => Err("no routes".into()),
+                };
+                CallDone {
+                    id,
+                    route_key,
+                    response: route.response,
+                    result,
                 }
-                None => Err("no routes".into()),
-            };
-            CallDone {
-                id,
-                route_key,
-                response: route.response,
-                result,
-            }
-        }));
+            }));
         None
     }
 
