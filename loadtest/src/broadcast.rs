@@ -26,6 +26,66 @@ pub fn publish_frame(room: &str, seq: u64, sent_ns: u64, size: usize) -> String 
         .expect("wsgate publishes over the socket")
 }
 
+/// Holds the members idle for `hold`: the nodes' CPU over it, their RSS per connection at
+/// its end (growth over `rss_before`, the nodes before any member), Redis's commands per
+/// second over it and its memory.
+async fn hold_idle(
+    hold: Duration,
+    pids: &[u32],
+    rss_before: Option<u64>,
+    members: usize,
+    redis_url: Option<&str>,
+) -> anyhow::Result<serde_json::Value> {
+    let redis_before = match redis_url {
+        Some(u) => Some(redis_stats::commandstats(u).await?),
+        None => None,
+    };
+    let cpu_before = procstat::cpu_total(pids)?;
+    let pb = report::bar(hold.as_secs(), "idle hold");
+    let start = Instant::now();
+    while start.elapsed() < hold {
+        tokio::time::sleep(Duration::from_millis(250).min(hold - start.elapsed())).await;
+        pb.set_position(start.elapsed().as_secs());
+    }
+    pb.finish_and_clear();
+    let secs = start.elapsed().as_secs_f64();
+    let cpu = procstat::cpu_since(cpu_before, pids);
+    let rss = procstat::at_end("RSS", procstat::rss_total(pids));
+    let redis = redis_stats::since(redis_url, redis_before).await;
+    let redis_memory = match redis_url {
+        Some(u) => redis_stats::used_memory(u).await.ok(),
+        None => None,
+    };
+    let per_conn = |total: u64| total as f64 / members.max(1) as f64 / 1024.0;
+    Ok(json!({
+        "seconds": round(secs, 2),
+        "node_cpu_share_of_a_core": cpu.map(|c| round(c / secs, 4)),
+        "node_rss_kib": rss.map(|b| b / 1024),
+        "node_rss_kib_per_connection": rss.map(|b| round(per_conn(b), 2)),
+        "node_rss_growth_kib_per_connection": rss
+            .zip(rss_before)
+            .map(|(a, b)| round(per_conn(a.saturating_sub(b)), 2)),
+        "redis_commands_per_second": redis
+            .as_ref()
+            .map(|d| round(d.values().sum::<u64>() as f64 / secs, 1)),
+        "redis_commands": redis,
+        "redis_used_memory_kib": redis_memory.map(|b| b / 1024),
+    }))
+}
+
+/// The summary line of an idle hold.
+fn idle_line(i: &serde_json::Value) -> String {
+    format!(
+        "{} s: node CPU {} of a core, RSS {} KiB per connection ({} KiB growth), Redis {} commands/s, {} KiB",
+        i["seconds"],
+        i["node_cpu_share_of_a_core"],
+        i["node_rss_kib_per_connection"],
+        i["node_rss_growth_kib_per_connection"],
+        i["redis_commands_per_second"],
+        i["redis_used_memory_kib"],
+    )
+}
+
 /// When publish `seq` was due, in ns since the epoch (`start_ns` the schedule's start): the
 /// time its latency is measured from. Stamping the intended time rather than the actual send
 /// corrects for coordinated omission: a publisher held up (by a full socket, a slow gateway)
@@ -60,10 +120,24 @@ pub async fn run(args: BroadcastArgs) -> anyhow::Result<()> {
     )
     .await?;
     let requested = args.members as usize;
+    let rss_before = procstat::rss_total(pids)?;
     let (workers, ready) = report::start(common, requested, Some(&args.room), deadline).await?;
     if ready.connected == 0 {
         anyhow::bail!("no member connected: {}", ready.error.unwrap_or_default());
     }
+    let idle = match args.hold_idle {
+        Some(hold) => Some(
+            hold_idle(
+                hold.min(deadline.saturating_duration_since(Instant::now())),
+                pids,
+                rss_before,
+                ready.connected,
+                args.redis_url.as_deref(),
+            )
+            .await?,
+        ),
+        None => None,
+    };
 
     let n_pub = args.publishers() as usize;
     let answers = Arc::new(Answers::default());
@@ -164,6 +238,7 @@ pub async fn run(args: BroadcastArgs) -> anyhow::Result<()> {
     let publish_error = answers.first_error().or(publisher_failure);
 
     let parameters = json!({
+        "hold_idle_seconds": args.hold_idle.map(|d| d.as_secs_f64()),
         "dialect": common.dialect,
         "urls": common.urls,
         "publisher_url": pub_url,
@@ -227,6 +302,7 @@ pub async fn run(args: BroadcastArgs) -> anyhow::Result<()> {
         "redis_commands": redis,
         "redis_commands_per_publish": redis_per_publish,
         "redis_publish_commands_per_publish": redis_publish_per_publish,
+        "idle": idle,
         "timed_out": timed_out,
         "workers_missing": done.workers_missing,
     });
@@ -309,6 +385,9 @@ pub async fn run(args: BroadcastArgs) -> anyhow::Result<()> {
             },
         ),
     ];
+    if let Some(i) = &idle {
+        summary.push(("idle hold", idle_line(i)));
+    }
     if let (Some(all), Some(publishes)) = (redis_per_publish, redis_publish_per_publish) {
         summary.push((
             "Redis per publish",

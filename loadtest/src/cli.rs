@@ -174,6 +174,11 @@ pub struct BroadcastArgs {
     /// timing its joins: do joins wait for the fan-out?
     #[arg(long, default_value_t = 0)]
     pub churn: u32,
+    /// Before publishing, hold every member idle this long and report what idleness costs:
+    /// node CPU, node RSS per connection and, with `--redis-url`, Redis commands per second
+    /// (affinity upkeep) and Redis memory.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub hold_idle: Option<Duration>,
     /// `--dialect pusher`: the app as `ID:KEY:SECRET`, for the signed events API the
     /// publishes go through.
     #[arg(long, default_value = "app-id:app-key:app-secret")]
@@ -181,11 +186,11 @@ pub struct BroadcastArgs {
 }
 
 impl BroadcastArgs {
-    /// `--timeout`, or duration plus grace plus [`TIMEOUT_MARGIN`].
+    /// `--timeout`, or idle hold, duration and grace plus [`TIMEOUT_MARGIN`].
     pub fn timeout(&self) -> Duration {
-        self.common
-            .timeout
-            .unwrap_or(self.duration + self.grace + TIMEOUT_MARGIN)
+        self.common.timeout.unwrap_or(
+            self.hold_idle.unwrap_or_default() + self.duration + self.grace + TIMEOUT_MARGIN,
+        )
     }
 
     /// Publisher connections: `--publishers`, or one per 50 publishes per second.

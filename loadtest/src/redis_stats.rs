@@ -31,20 +31,34 @@ pub fn host_port(url: &str) -> anyhow::Result<String> {
 
 /// Calls per command, from `INFO commandstats`.
 pub async fn commandstats(url: &str) -> anyhow::Result<BTreeMap<String, u64>> {
+    parse(&info(url, "commandstats").await?)
+}
+
+/// Bytes Redis has allocated (`used_memory` of `INFO memory`).
+pub async fn used_memory(url: &str) -> anyhow::Result<u64> {
+    let text = info(url, "memory").await?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .context("no used_memory in INFO memory")
+}
+
+/// The text of `INFO section`.
+async fn info(url: &str, section: &str) -> anyhow::Result<String> {
     let hostport = host_port(url)?;
     tokio::time::timeout(TIMEOUT, async {
         let mut conn = tokio::net::TcpStream::connect(&hostport)
             .await
             .with_context(|| format!("connecting to Redis at {hostport}"))?;
-        conn.write_all(b"*2\r\n$4\r\nINFO\r\n$12\r\ncommandstats\r\n")
-            .await?;
+        let command = format!("*2\r\n$4\r\nINFO\r\n${}\r\n{section}\r\n", section.len());
+        conn.write_all(command.as_bytes()).await?;
         let mut rd = BufReader::new(conn);
         let mut header = String::new();
         rd.read_line(&mut header).await?;
         let len = bulk_len(&header)?;
         let mut body = vec![0; len + 2];
         rd.read_exact(&mut body).await?;
-        parse(&String::from_utf8_lossy(&body[..len]))
+        Ok(String::from_utf8_lossy(&body[..len]).into_owned())
     })
     .await
     .with_context(|| format!("Redis at {hostport} did not answer INFO in time"))?
