@@ -420,7 +420,7 @@ start_gateway() {
         ;;
       sockudo)
         PORT=$port HOST=127.0.0.1 METRICS_ENABLED=false METRICS_PORT=$admin \
-          ADAPTER_DRIVER=redis REDIS_URL="$redis" RATE_LIMITER_ENABLED=false \
+          ADAPTER_DRIVER=redis CACHE_DRIVER=redis REDIS_URL="$redis" RATE_LIMITER_ENABLED=false \
           SOCKUDO_DEFAULT_APP_ID=app-id SOCKUDO_DEFAULT_APP_KEY=app-key \
           SOCKUDO_DEFAULT_APP_SECRET=app-secret \
           taskset -c 0 "$peers_dir/sockudo/bin/sockudo" >"$log" 2>&1 &
