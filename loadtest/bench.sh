@@ -40,7 +40,8 @@
 #            (cargo install, built once under target/peers/sockudo: about 17 minutes). Per
 #            gateway: idle (10,000 connections), broadcast (5,000 members x 10/s for 20 s) and
 #            saturation (1,000 members x 400/s of ~100 bytes for 10 s, 400,000 deliveries/s
-#            offered); wsgate also with server.write_delay = 10ms; the floor at both loads.
+#            offered); wsgate also with server.write_delay = 10ms (and at 800/s); the floor
+#            at both loads.
 #            Ends with one table per scenario (wsgate-loadtest table).
 #
 # ROUNDS=n sets the proxy scenario's rounds (default 2), RATE=n its messages/s per client
@@ -422,7 +423,8 @@ start_gateway() {
         PORT=$port HOST=127.0.0.1 METRICS_ENABLED=false METRICS_PORT=$admin \
           ADAPTER_DRIVER=redis CACHE_DRIVER=redis REDIS_URL="$redis" RATE_LIMITER_ENABLED=false \
           SOCKUDO_DEFAULT_APP_ID=app-id SOCKUDO_DEFAULT_APP_KEY=app-key \
-          SOCKUDO_DEFAULT_APP_SECRET=app-secret \
+          SOCKUDO_DEFAULT_APP_SECRET=app-secret SOCKUDO_DEFAULT_APP_MAX_CONNECTIONS=1000000 \
+          SOCKUDO_DEFAULT_APP_MAX_BACKEND_EVENTS_PER_SECOND=1000000 \
           taskset -c 0 "$peers_dir/sockudo/bin/sockudo" >"$log" 2>&1 &
         gw_args+=(--url "ws://127.0.0.1:$port/app/app-key?protocol=7&client=js&version=8.4.0")
         ;;
@@ -464,6 +466,12 @@ run_peers() {
     stop_node
     stop_extra
   done
+  # Twice that load for the batching node: how far past the peers it goes.
+  start_gateway wsgate-batched
+  taskset -c 1 "$harness" broadcast "${gw_args[@]}" --members 1000 --rate 800 \
+    --duration 10s --size 100 --grace 3s --out "$out/peers-wsgate-batched-saturation-800.json"
+  stop_node
+  stop_extra
   "$harness" table "$out"/peers-*.json
 }
 

@@ -64,6 +64,9 @@ const BROADCAST: &[Column] = &[
     ("delivered/s", |r| {
         num(&r["figures"]["deliveries_per_second"], 0)
     }),
+    ("sustained/s", |r| {
+        num(&r["figures"]["deliveries_per_second_sustained"], 0)
+    }),
     ("lost", |r| num(&r["figures"]["lost"], 0)),
     ("dup", |r| num(&r["figures"]["duplicates"], 0)),
     ("p50 ms", |r| num(&r["figures"]["latency_ms"]["p50"], 1)),
@@ -195,7 +198,7 @@ mod tests {
         let md = render(&files).unwrap();
         assert_eq!(md.matches("| run |").count(), 2, "{md}");
         assert!(
-            md.contains("| peers-soketi-broadcast | 10 | 50 | 49 | 0 | – | 1.5 | 3.5 |"),
+            md.contains("| peers-soketi-broadcast | 10 | 50 | 49 | – | 0 | – | 1.5 | 3.5 |"),
             "{md}"
         );
         let bad = write("x.json", serde_json::json!({"scenario": "nope"}));
