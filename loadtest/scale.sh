@@ -2,7 +2,8 @@
 # 200,000 connections on one machine: as many wsgate nodes as it takes (one process may hold
 # only 20,000 open files here) through one redis-server, every connection a member of one
 # room spanning every node, held idle (node CPU, RSS per connection, Redis commands/s and
-# memory for affinity upkeep), then a broadcast that must reach every member.
+# memory for affinity upkeep), then three broadcasts (one a second, 200,000 deliveries each)
+# that must reach every member.
 #
 #   loadtest/scale.sh [check|start|run|stop]   (default: run = check, start, measure, stop)
 #
@@ -113,7 +114,7 @@ measure() {
     args+=(--url "ws://127.0.0.1:$((base_port + i))/ws" --node-pid "$pid")
   done <"$dir/pids"
   "$harness" broadcast "${args[@]}" --members "$connections" --workers "$nodes" \
-    --connect-concurrency 100 --hold-idle "$hold" --rate 2 --duration 5s --grace 10s \
+    --connect-concurrency 100 --hold-idle "$hold" --rate 1 --duration 3s --grace 30s \
     --redis-url "redis://127.0.0.1:$redis_port" --timeout 900s --out "$out/scale.json"
 }
 

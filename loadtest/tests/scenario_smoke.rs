@@ -242,7 +242,10 @@ async fn a_broadcast_across_two_nodes_reaches_every_member_and_plots() {
     assert!(out.status.success());
     let table = String::from_utf8(out.stdout).unwrap();
     assert!(table.contains("| run | 200 | 4000 |"), "{table}");
-    assert!(f["deliveries_per_second_sustained"].as_f64().unwrap() > 0.0, "{f}");
+    assert!(
+        f["deliveries_per_second_sustained"].as_f64().unwrap() > 0.0,
+        "{f}"
+    );
 }
 
 /// `floor`: the same fan-out as bare TCP sends arrives whole.
