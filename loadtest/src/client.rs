@@ -1,5 +1,6 @@
 //! Opening one harness connection: bound to a spread-out loopback source address, small
-//! buffers (the harness holds thousands of sockets per process), welcome read.
+//! buffers (the harness holds thousands of sockets per process), the gateway's greeting read
+//! (wsgate's welcome, or a peer's; see [`crate::dialect`]).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
@@ -26,7 +27,7 @@ use crate::dialect::{Answer, Dialect};
 /// A harness connection: plain TCP, or TLS for `wss://` targets.
 pub type Ws = WebSocketStream<Either<TcpStream, TlsStream<TcpStream>>>;
 
-/// Limit on each step of opening a connection (TCP connect, upgrade, welcome).
+/// Limit on each step of opening a connection (TCP connect, upgrade, greeting).
 const STEP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where connections go: the URL as given, its resolved address, the bearer token, and for

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use futures_util::{SinkExt, StreamExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -20,6 +20,10 @@ use crate::pusher_http;
 
 /// Frames waiting for one publisher connection's writer.
 const QUEUE: usize = 1024;
+
+/// Pusher events API requests in flight at once; past that a publish waits (and counts as
+/// late: latency is measured from when it was due).
+const HTTP_IN_FLIGHT: usize = 256;
 
 /// What the publishers' gateway answered.
 #[derive(Default)]
@@ -71,12 +75,14 @@ pub enum Publishers {
         /// The connections' tasks.
         tasks: Vec<JoinHandle<()>>,
     },
-    /// Pusher's HTTP events API, one request in flight per publish.
+    /// Pusher's HTTP events API, one request per publish, at most [`HTTP_IN_FLIGHT`] at once.
     Http {
         /// The signed-request publisher.
         publisher: pusher_http::Publisher,
         /// Requests in flight.
         pending: JoinSet<()>,
+        /// Permits for requests in flight.
+        slots: Arc<Semaphore>,
     },
 }
 
@@ -134,6 +140,7 @@ impl Publishers {
             return Ok(Publishers::Http {
                 publisher: pusher_http::Publisher::new(&target.url, app.clone())?,
                 pending: JoinSet::new(),
+                slots: Arc::new(Semaphore::new(HTTP_IN_FLIGHT)),
             });
         }
         let (mut queues, mut tasks) = (Vec::new(), Vec::new());
@@ -185,10 +192,20 @@ impl Publishers {
                     Err(_) => Err(Failure::TimedOut),
                 }
             }
-            Publishers::Http { publisher, pending } => {
+            Publishers::Http {
+                publisher,
+                pending,
+                slots,
+            } => {
+                let Ok(Ok(slot)) =
+                    tokio::time::timeout_at(until.into(), slots.clone().acquire_owned()).await
+                else {
+                    return Err(Failure::TimedOut);
+                };
                 let (publisher, answers) = (publisher.clone(), answers.clone());
                 let (room, data) = (room.to_owned(), data.to_owned());
                 pending.spawn(async move {
+                    let _slot = slot;
                     match publisher.publish(&room, &data).await {
                         Ok(()) => {
                             answers.acks.fetch_add(1, Ordering::Relaxed);
