@@ -221,28 +221,28 @@ run_direct() {
   stop_extra
 }
 
-run_storm() {
+# A drained node's members resume on the other: $1 the result's name, $2 members, $3
+# publishes/s, $4 when the first node is drained (further arguments go to the harness).
+run_drained_resume() {
+  local name=$1 members=$2 rate=$3 drop_at=$4
+  shift 4
   printf '[server]\ndrain_delay = "0s"\ndrain_period = "0s"\n[[history]]\nrooms = ["chat:*"]\nsize = 1000\nttl = "10m"\n' \
-    >"$out/storm.toml"
-  start_pair --config "$out/storm.toml"
+    >"$out/$name.toml"
+  start_pair --config "$out/$name.toml"
   taskset -c 1 "$harness" resume --url "ws://127.0.0.1:$first_port/ws" \
-    --url "ws://127.0.0.1:$second_port/ws" --node-pid "$second_pid" --members 18000 \
-    --rate 2 --duration 20s --drop-at 8s --drain-pid "$first_pid" --grace 5s \
-    --redis-url "$redis" --out "$out/storm.json"
+    --url "ws://127.0.0.1:$second_port/ws" --node-pid "$second_pid" --members "$members" \
+    --rate "$rate" --duration 20s --drop-at "$drop_at" --drain-pid "$first_pid" \
+    --redis-url "$redis" --out "$out/$name.json" "$@"
   stop_node
   stop_extra
 }
 
+run_storm() {
+  run_drained_resume storm 18000 2 8s --grace 5s
+}
+
 run_resume() {
-  printf '[server]\ndrain_delay = "0s"\ndrain_period = "0s"\n[[history]]\nrooms = ["chat:*"]\nsize = 1000\nttl = "10m"\n' \
-    >"$out/resume.toml"
-  start_pair --config "$out/resume.toml"
-  taskset -c 1 "$harness" resume --url "ws://127.0.0.1:$first_port/ws" \
-    --url "ws://127.0.0.1:$second_port/ws" --node-pid "$second_pid" --members 5000 \
-    --rate 10 --duration 20s --drop-at 5s --drain-pid "$first_pid" --redis-url "$redis" \
-    --out "$out/resume.json"
-  stop_node
-  stop_extra
+  run_drained_resume resume 5000 10 5s
 }
 
 run_broadcast() {
@@ -440,6 +440,17 @@ start_gateway() {
   done
 }
 
+# Runs the harness's scenario $2 against a fresh gateway $1 (start_gateway), further
+# arguments to the harness.
+measure_gateway() {
+  local gw=$1 scenario=$2
+  shift 2
+  start_gateway "$gw"
+  taskset -c 1 "$harness" "$scenario" "${gw_args[@]}" "$@"
+  stop_node
+  stop_extra
+}
+
 run_peers() {
   install_peers
   local gw
@@ -448,30 +459,18 @@ run_peers() {
   taskset -c 1 "$harness" floor --members 1000 --rate 400 --duration 10s --size 150 \
     --sender-cpu 0 --receiver-cpu 1 --out "$out/peers-floor-saturation.json"
   for gw in ${PEERS:-wsgate soketi socketio sockudo}; do
-    start_gateway "$gw"
-    taskset -c 1 "$harness" idle "${gw_args[@]}" --connections 10000 --hold 10s \
-      --timeout 240s --out "$out/peers-$gw-idle.json"
-    stop_node
-    stop_extra
-    start_gateway "$gw"
-    taskset -c 1 "$harness" broadcast "${gw_args[@]}" --members 5000 --rate 10 \
-      --duration 20s --size 100 --out "$out/peers-$gw-broadcast.json"
-    stop_node
-    stop_extra
+    measure_gateway "$gw" idle --connections 10000 --hold 10s --timeout 240s \
+      --out "$out/peers-$gw-idle.json"
+    measure_gateway "$gw" broadcast --members 5000 --rate 10 --duration 20s --size 100 \
+      --out "$out/peers-$gw-broadcast.json"
   done
   for gw in wsgate-batched ${PEERS:-wsgate soketi socketio sockudo}; do
-    start_gateway "$gw"
-    taskset -c 1 "$harness" broadcast "${gw_args[@]}" --members 1000 --rate 400 \
-      --duration 10s --size 100 --grace 3s --out "$out/peers-$gw-saturation.json"
-    stop_node
-    stop_extra
+    measure_gateway "$gw" broadcast --members 1000 --rate 400 --duration 10s --size 100 \
+      --grace 3s --out "$out/peers-$gw-saturation.json"
   done
   # Twice that load for the batching node: how far past the peers it goes.
-  start_gateway wsgate-batched
-  taskset -c 1 "$harness" broadcast "${gw_args[@]}" --members 1000 --rate 800 \
-    --duration 10s --size 100 --grace 3s --out "$out/peers-wsgate-batched-saturation-800.json"
-  stop_node
-  stop_extra
+  measure_gateway wsgate-batched broadcast --members 1000 --rate 800 --duration 10s \
+    --size 100 --grace 3s --out "$out/peers-wsgate-batched-saturation-800.json"
   "$harness" table "$out"/peers-*.json
 }
 

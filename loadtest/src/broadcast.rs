@@ -230,7 +230,7 @@ pub async fn run(args: BroadcastArgs) -> anyhow::Result<()> {
     // What the gateway kept up: deliveries over the seconds they actually arrived in (first
     // to last). Under overload, deliveries trail on after publishing stops and the rate over
     // the publishing window overstates it.
-    let arrival_secs = done.timeline.points().len() as f64;
+    let arrival_secs = done.timeline.span_secs() as f64;
     let sustained = if arrival_secs > 0.0 {
         done.received as f64 / arrival_secs.max(window_secs)
     } else {

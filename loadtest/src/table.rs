@@ -13,98 +13,83 @@ type Column = (&'static str, fn(&Value) -> String);
 /// A table being gathered: its columns and its rows (file stem, result).
 type Rows = (&'static [Column], Vec<(String, Value)>);
 
-fn num(v: &Value, decimals: usize) -> String {
-    match v.as_f64() {
-        Some(x) if decimals == 0 => format!("{x:.0}"),
+fn num(v: Option<f64>, decimals: usize) -> String {
+    match v {
         Some(x) => format!("{x:.decimals$}"),
         None => "–".to_owned(),
     }
 }
 
+/// A figure of the result (`figures.KEY`).
+fn fig(r: &Value, key: &str) -> Option<f64> {
+    r["figures"][key].as_f64()
+}
+
+/// Deliveries (or sends) offered per second: members × rate.
+fn offered(r: &Value) -> Option<f64> {
+    let p = &r["parameters"];
+    Some(p["members"].as_f64()? * p["rate_per_second"].as_f64()?)
+}
+
 const IDLE: &[Column] = &[
-    ("connections", |r| {
-        num(&r["figures"]["connections_established"], 0)
-    }),
-    ("failed", |r| num(&r["figures"]["connections_failed"], 0)),
-    ("connects/s", |r| {
-        num(&r["figures"]["connects_per_second"], 0)
-    }),
+    ("connections", |r| num(fig(r, "connections_established"), 0)),
+    ("failed", |r| num(fig(r, "connections_failed"), 0)),
+    ("connects/s", |r| num(fig(r, "connects_per_second"), 0)),
     ("connect p99 ms", |r| {
-        num(
-            &Value::from(
-                r["figures"]["connect_latency_us"]["p99"]
-                    .as_f64()
-                    .map(|u| u / 1000.0),
-            ),
-            1,
-        )
+        let us = r["figures"]["connect_latency_us"]["p99"].as_f64();
+        num(us.map(|u| u / 1000.0), 1)
     }),
     ("RSS KiB/conn", |r| {
-        num(&r["figures"]["rss_growth_kib_per_connection"], 2)
+        num(fig(r, "rss_growth_kib_per_connection"), 2)
     }),
     ("dropped", |r| {
-        num(&r["figures"]["connections_dropped_during_hold"], 0)
+        num(fig(r, "connections_dropped_during_hold"), 0)
     }),
 ];
 
 const BROADCAST: &[Column] = &[
-    ("members", |r| num(&r["figures"]["members"], 0)),
-    ("offered/s", |r| {
-        let p = &r["parameters"];
-        num(
-            &Value::from(
-                p["members"]
-                    .as_f64()
-                    .zip(p["rate_per_second"].as_f64())
-                    .map(|(m, r)| m * r),
-            ),
-            0,
-        )
-    }),
-    ("delivered/s", |r| {
-        num(&r["figures"]["deliveries_per_second"], 0)
-    }),
+    ("members", |r| num(fig(r, "members"), 0)),
+    ("offered/s", |r| num(offered(r), 0)),
+    ("delivered/s", |r| num(fig(r, "deliveries_per_second"), 0)),
     ("sustained/s", |r| {
-        num(&r["figures"]["deliveries_per_second_sustained"], 0)
+        num(fig(r, "deliveries_per_second_sustained"), 0)
     }),
-    ("lost", |r| num(&r["figures"]["lost"], 0)),
-    ("dup", |r| num(&r["figures"]["duplicates"], 0)),
-    ("p50 ms", |r| num(&r["figures"]["latency_ms"]["p50"], 1)),
-    ("p99 ms", |r| num(&r["figures"]["latency_ms"]["p99"], 1)),
-    ("p99.9 ms", |r| num(&r["figures"]["latency_ms"]["p999"], 1)),
+    ("lost", |r| num(fig(r, "lost"), 0)),
+    ("dup", |r| num(fig(r, "duplicates"), 0)),
+    ("p50 ms", |r| {
+        num(r["figures"]["latency_ms"]["p50"].as_f64(), 1)
+    }),
+    ("p99 ms", |r| {
+        num(r["figures"]["latency_ms"]["p99"].as_f64(), 1)
+    }),
+    ("p99.9 ms", |r| {
+        num(r["figures"]["latency_ms"]["p999"].as_f64(), 1)
+    }),
     ("node CPU s/1,000", |r| {
-        num(&r["figures"]["node_cpu_seconds_per_1000_deliveries"], 5)
+        num(fig(r, "node_cpu_seconds_per_1000_deliveries"), 5)
     }),
     ("node RSS MiB", |r| {
-        num(
-            &Value::from(r["figures"]["node_rss_kib"].as_f64().map(|k| k / 1024.0)),
-            0,
-        )
+        num(fig(r, "node_rss_kib").map(|k| k / 1024.0), 0)
     }),
     ("harness core/worker", |r| {
-        num(&r["figures"]["harness_cpu_share_per_worker"], 2)
+        num(fig(r, "harness_cpu_share_per_worker"), 2)
     }),
 ];
 
 const FLOOR: &[Column] = &[
-    ("connections", |r| num(&r["parameters"]["members"], 0)),
-    ("sends/s", |r| {
-        let p = &r["parameters"];
-        num(
-            &Value::from(
-                p["members"]
-                    .as_f64()
-                    .zip(p["rate_per_second"].as_f64())
-                    .map(|(m, r)| m * r),
-            ),
-            0,
-        )
+    ("connections", |r| {
+        num(r["parameters"]["members"].as_f64(), 0)
     }),
-    ("lost", |r| num(&r["figures"]["lost"], 0)),
-    ("p50 ms", |r| num(&r["figures"]["latency_ms"]["p50"], 1)),
-    ("p99 ms", |r| num(&r["figures"]["latency_ms"]["p99"], 1)),
+    ("sends/s", |r| num(offered(r), 0)),
+    ("lost", |r| num(fig(r, "lost"), 0)),
+    ("p50 ms", |r| {
+        num(r["figures"]["latency_ms"]["p50"].as_f64(), 1)
+    }),
+    ("p99 ms", |r| {
+        num(r["figures"]["latency_ms"]["p99"].as_f64(), 1)
+    }),
     ("sender CPU s/1,000", |r| {
-        num(&r["figures"]["sender_cpu_seconds_per_1000_sends"], 5)
+        num(fig(r, "sender_cpu_seconds_per_1000_sends"), 5)
     }),
 ];
 

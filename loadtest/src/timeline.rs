@@ -57,6 +57,11 @@ impl Timeline {
         &mut self.seconds[i]
     }
 
+    /// Seconds from the first with deliveries to the last, both counted.
+    pub fn span_secs(&self) -> usize {
+        self.seconds.len()
+    }
+
     /// Every second's latency merged: the run's latency histogram.
     pub fn total(&self) -> Histogram<u64> {
         let mut all = histogram();
@@ -149,5 +154,6 @@ mod tests {
         gap.record(13 * s, 1);
         assert_eq!(gap.to_seconds().len(), 2);
         assert_eq!(gap.points().len(), 4);
+        assert_eq!(gap.span_secs(), 4);
     }
 }

@@ -10,29 +10,25 @@ use wsgate_tests::{cluster_name, Node, Redis};
 const HISTORY: &str = "[server]\ndrain_delay = \"0s\"\ndrain_period = \"0s\"\n\
                        [[history]]\nrooms = [\"chat:*\"]\nsize = 1000\nttl = \"10m\"\n";
 
-fn run(args: &[String]) -> Value {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("resume.json");
-    let status = Command::new(env!("CARGO_BIN_EXE_wsgate-loadtest"))
-        .arg("resume")
-        .args(args)
-        .args([
-            "--members",
-            "60",
-            "--rate",
-            "40",
-            "--duration",
-            "3s",
-            "--drop-at",
-            "1s",
-        ])
-        .args(["--grace", "1s", "--timeout", "60s", "--out"])
-        .arg(&out)
-        .status()
-        .expect("running wsgate-loadtest");
-    assert!(status.success());
-    let result: Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
-    result["figures"].clone()
+/// A seconds-long `resume` run (members drop or are drained at 1 s) with `args` added.
+async fn resume(args: Vec<String>) -> Value {
+    let mut all = strings(&[
+        "resume",
+        "--members",
+        "60",
+        "--rate",
+        "40",
+        "--duration",
+        "3s",
+        "--drop-at",
+        "1s",
+        "--grace",
+        "1s",
+        "--timeout",
+        "60s",
+    ]);
+    all.extend(args);
+    harness(all).await.0["figures"].clone()
 }
 
 fn assert_recovered(f: &Value) {
@@ -66,50 +62,37 @@ async fn a_drained_nodes_members_resume_on_the_other() {
         "--drain-pid".into(),
         a.pid().to_string(),
     ];
-    let f = tokio::task::spawn_blocking(move || run(&args))
-        .await
-        .unwrap();
-    assert_recovered(&f);
+    assert_recovered(&resume(args).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_members_resume_on_an_embedded_node() {
     let node = Node::start(HISTORY).await;
     let args = vec!["--url".into(), node.ws_url()];
-    let f = tokio::task::spawn_blocking(move || run(&args))
-        .await
-        .unwrap();
-    assert_recovered(&f);
+    assert_recovered(&resume(args).await);
 }
 
 /// A seconds-long `direct` run on an embedded node: every send reaches its target once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn direct_sends_reach_their_targets() {
     let node = Node::start("[limits]\nmessages_per_second = 1000\nmessages_burst = 2000\n").await;
-    let url = node.ws_url();
-    let f = tokio::task::spawn_blocking(move || {
-        let dir = tempfile::tempdir().unwrap();
-        let out = dir.path().join("direct.json");
-        let status = Command::new(env!("CARGO_BIN_EXE_wsgate-loadtest"))
-            .args(["direct", "--url", &url, "--members", "50", "--rate", "400"])
-            .args([
-                "--duration",
-                "2s",
-                "--grace",
-                "1s",
-                "--timeout",
-                "60s",
-                "--out",
-            ])
-            .arg(&out)
-            .status()
-            .expect("running wsgate-loadtest");
-        assert!(status.success());
-        let result: Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
-        result["figures"].clone()
-    })
-    .await
-    .unwrap();
+    let args = strings(&[
+        "direct",
+        "--url",
+        &node.ws_url(),
+        "--members",
+        "50",
+        "--rate",
+        "400",
+        "--duration",
+        "2s",
+        "--grace",
+        "1s",
+        "--timeout",
+        "60s",
+    ]);
+    let (r, _dir) = harness(args).await;
+    let f = &r["figures"];
     assert_eq!(f["members"], 50, "{f}");
     assert_eq!(f["sends"], 800, "{f}");
     assert_eq!(
@@ -124,20 +107,24 @@ async fn direct_sends_reach_their_targets() {
     );
 }
 
-/// Runs the harness with `args` and `--out`, and returns the result file's JSON and the
-/// directory holding it (with any plots).
-fn harness(args: &[String]) -> (Value, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("run.json");
-    let status = Command::new(env!("CARGO_BIN_EXE_wsgate-loadtest"))
-        .args(args)
-        .args(["--timeout", "60s", "--out"])
-        .arg(&out)
-        .status()
-        .expect("running wsgate-loadtest");
-    assert!(status.success(), "{args:?}");
-    let result = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
-    (result, dir)
+/// Runs the harness with `args` and `--out` (off the runtime: it takes seconds), and returns
+/// the result file's JSON and the directory holding it (with any plots).
+async fn harness(args: Vec<String>) -> (Value, tempfile::TempDir) {
+    tokio::task::spawn_blocking(move || {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("run.json");
+        let status = Command::new(env!("CARGO_BIN_EXE_wsgate-loadtest"))
+            .args(&args)
+            .arg("--out")
+            .arg(&out)
+            .status()
+            .expect("running wsgate-loadtest");
+        assert!(status.success(), "{args:?}");
+        let result = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+        (result, dir)
+    })
+    .await
+    .unwrap()
 }
 
 fn strings(args: &[&str]) -> Vec<String> {
@@ -156,6 +143,8 @@ async fn idle_connections_are_held_and_measured() {
         "1s",
         "--workers",
         "2",
+        "--timeout",
+        "60s",
     ]);
     args.extend([
         "--url".into(),
@@ -163,9 +152,7 @@ async fn idle_connections_are_held_and_measured() {
         "--node-pid".into(),
         node.pid().to_string(),
     ]);
-    let (r, _dir) = tokio::task::spawn_blocking(move || harness(&args))
-        .await
-        .unwrap();
+    let (r, _dir) = harness(args).await;
     let f = &r["figures"];
     assert_eq!(f["connections_established"], 300, "{f}");
     assert_eq!(f["connections_dropped_during_hold"], 0, "{f}");
@@ -197,7 +184,13 @@ async fn a_broadcast_across_two_nodes_reaches_every_member_and_plots() {
         "--duration",
         "2s",
     ]);
-    args.extend(strings(&["--grace", "1s", "--redis-url"]));
+    args.extend(strings(&[
+        "--grace",
+        "1s",
+        "--timeout",
+        "60s",
+        "--redis-url",
+    ]));
     args.push(redis.url());
     for n in [&a, &b] {
         args.extend([
@@ -207,9 +200,7 @@ async fn a_broadcast_across_two_nodes_reaches_every_member_and_plots() {
             n.pid().to_string(),
         ]);
     }
-    let (r, dir) = tokio::task::spawn_blocking(move || harness(&args))
-        .await
-        .unwrap();
+    let (r, dir) = harness(args).await;
     let f = &r["figures"];
     assert_eq!(
         (f["members"].as_u64(), f["publishes"].as_u64()),
@@ -260,24 +251,8 @@ async fn the_floor_delivers_every_record() {
         "--duration",
         "1s",
     ]);
-    let (r, _dir) = tokio::task::spawn_blocking(move || {
-        // `floor` has no --timeout: it is bounded by its own duration.
-        let dir = tempfile::tempdir().unwrap();
-        let out = dir.path().join("floor.json");
-        let status = Command::new(env!("CARGO_BIN_EXE_wsgate-loadtest"))
-            .args(&args)
-            .arg("--out")
-            .arg(&out)
-            .status()
-            .unwrap();
-        assert!(status.success());
-        (
-            serde_json::from_slice::<Value>(&std::fs::read(&out).unwrap()).unwrap(),
-            dir,
-        )
-    })
-    .await
-    .unwrap();
+    // `floor` and `proxy` have no --timeout: each is bounded by its own duration.
+    let (r, _dir) = harness(args).await;
     let f = &r["figures"];
     assert_eq!(f["sends"], 4000, "{f}");
     assert_eq!(
@@ -331,23 +306,7 @@ async fn messages_echo_through_the_proxy() {
         "--node-pid".into(),
         node.pid().to_string(),
     ]);
-    let (r, _dir) = tokio::task::spawn_blocking(move || {
-        let dir = tempfile::tempdir().unwrap();
-        let out = dir.path().join("proxy.json");
-        let status = Command::new(env!("CARGO_BIN_EXE_wsgate-loadtest"))
-            .args(&args)
-            .arg("--out")
-            .arg(&out)
-            .status()
-            .unwrap();
-        assert!(status.success());
-        (
-            serde_json::from_slice::<Value>(&std::fs::read(&out).unwrap()).unwrap(),
-            dir,
-        )
-    })
-    .await
-    .unwrap();
+    let (r, _dir) = harness(args).await;
     // `proxy` writes its figures flat.
     assert!(r["sent"].as_u64().unwrap() >= 380, "{r}");
     assert_eq!(r["echoed"], r["sent"], "{r}");

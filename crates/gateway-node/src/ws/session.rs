@@ -227,91 +227,81 @@ impl Session {
     ///
     /// The session is boxed: an async fn keeps a moved-in `self` twice in its state, and this
     /// future is most of what an idle connection costs (issue 11: ≤ 4 KiB per connection).
-    #[allow(clippy::manual_async_fn)] // On purpose: see the comment in the body.
-    pub fn run(
-        self: Box<Self>,
-        caller: Option<Caller>,
-        rooms: Vec<RoomName>,
-    ) -> impl Future<Output = ()> + Send {
-        // An async block rather than an async fn: a fn's arguments would be kept twice in
-        // the state (as arguments and as moved-in locals).
-        async move {
-            let mut this = self;
-            let app = this.app.clone();
-            // Declared first, dropped last: whatever ends the task, the socket and the queue are
-            // let go of, even while a member snapshot somewhere still holds the connection.
-            let _detach = Detach(this.conn.clone());
-            let registered = Registered::new(app.clone(), this.conn.clone());
-            // One span for the connection's life, when traces are on: a root of its own, so a
-            // long connection's trace does not swallow the publishes it makes.
-            let span = app.traced().then(|| {
-                tracing::info_span!(
-                    parent: None,
-                    "connection",
-                    otel.kind = "server",
-                    connection = %this.conn.id,
-                    node = %app.router.node_id(),
-                    source_ip = %this.conn.info.source_ip,
-                    close_code = tracing::field::Empty,
-                )
-            });
-            app.router.register(this.conn.clone()).await;
-            app.metrics.connections.inc();
-            for room in &rooms {
-                if let Err(e) = app.router.join(&this.conn, room) {
-                    tracing::warn!(room = %room, error = %e, "a $connect room was not joined");
-                }
+    pub async fn run(mut self: Box<Self>, caller: Option<Caller>, rooms: Vec<RoomName>) {
+        let app = self.app.clone();
+        // Declared first, dropped last: whatever ends the task, the socket and the queue are
+        // let go of, even while a member snapshot somewhere still holds the connection.
+        let _detach = Detach(self.conn.clone());
+        let registered = Registered::new(app.clone(), self.conn.clone());
+        // One span for the connection's life, when traces are on: a root of its own, so a
+        // long connection's trace does not swallow the publishes it makes.
+        let span = app.traced().then(|| {
+            tracing::info_span!(
+                parent: None,
+                "connection",
+                otel.kind = "server",
+                connection = %self.conn.id,
+                node = %app.router.node_id(),
+                source_ip = %self.conn.info.source_ip,
+                close_code = tracing::field::Empty,
+            )
+        });
+        app.router.register(self.conn.clone()).await;
+        app.metrics.connections.inc();
+        for room in &rooms {
+            if let Err(e) = app.router.join(&self.conn, room) {
+                tracing::warn!(room = %room, error = %e, "a $connect room was not joined");
             }
-            {
-                // Scoped: a local alive across `serve` would sit in every connection's state.
-                let welcome = ServerFrame::Welcome {
-                    connection_id: this.conn.id.clone(),
-                    node: app.router.node_id().clone(),
-                    protocol: this.conn.encoding,
-                    heartbeat_ms: app.config.server.heartbeat.as_millis() as u64,
-                };
-                this.reply(&welcome);
-            }
-            let end = this.serve().await;
-            // Unreachable from now on, before the (bounded) close handshake; calls still in
-            // flight are dropped (nobody is left to answer), their permits with them.
-            drop(registered);
-            this.calls = None;
-            let (code, reason) = match &end {
-                End::Close(code) => (code.as_u16(), code.reason().to_owned()),
-                End::PeerClosed => this
-                    .peer_close
-                    .clone()
-                    .unwrap_or((1005, "no status".to_owned())),
-                End::Broken => (1006, "connection lost".to_owned()),
+        }
+        {
+            // Scoped: a local alive across `serve` would sit in every connection's state.
+            let welcome = ServerFrame::Welcome {
+                connection_id: self.conn.id.clone(),
+                node: app.router.node_id().clone(),
+                protocol: self.conn.encoding,
+                heartbeat_ms: app.config.server.heartbeat.as_millis() as u64,
             };
-            if let Some(span) = &span {
-                span.record("close_code", i64::from(code));
-            }
-            if let Some(caller) = caller {
-                spawn_disconnect(&app, caller, code, reason);
-            }
-            match end {
-                End::Close(code) => {
-                    tokio::select! {
-                        () = this.close(code) => {}
-                        () = app.hard_stop.cancelled() => {}
-                    }
+            self.reply(&welcome);
+        }
+        let end = self.serve().await;
+        // Unreachable from now on, before the (bounded) close handshake; calls still in
+        // flight are dropped (nobody is left to answer), their permits with them.
+        drop(registered);
+        self.calls = None;
+        let (code, reason) = match &end {
+            End::Close(code) => (code.as_u16(), code.reason().to_owned()),
+            End::PeerClosed => self
+                .peer_close
+                .clone()
+                .unwrap_or((1005, "no status".to_owned())),
+            End::Broken => (1006, "connection lost".to_owned()),
+        };
+        if let Some(span) = &span {
+            span.record("close_code", i64::from(code));
+        }
+        if let Some(caller) = caller {
+            spawn_disconnect(&app, caller, code, reason);
+        }
+        match end {
+            End::Close(code) => {
+                tokio::select! {
+                    () = self.close(code) => {}
+                    () = app.hard_stop.cancelled() => {}
                 }
-                End::PeerClosed => {
-                    let _ = tokio::time::timeout(
-                        outbound::CLOSE_TIMEOUT,
-                        flush_all(&this.conn, &this.write),
-                    )
-                    .await;
-                }
-                End::Broken => {}
             }
-            if let ClientSocket::Tls(tls) = &this.write {
-                // A TLS peer expects close_notify before the TCP close, or reports an
-                // unexpected end of stream.
-                tls.finish();
+            End::PeerClosed => {
+                let _ = tokio::time::timeout(
+                    outbound::CLOSE_TIMEOUT,
+                    flush_all(&self.conn, &self.write),
+                )
+                .await;
             }
+            End::Broken => {}
+        }
+        if let ClientSocket::Tls(tls) = &self.write {
+            // A TLS peer expects close_notify before the TCP close, or reports an
+            // unexpected end of stream.
+            tls.finish();
         }
     }
 
